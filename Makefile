@@ -1,0 +1,24 @@
+# The two commands of the README: `make demo` (a search on the embedded default task) and `make test`.
+# Each creates .venv and installs the package into it on first use; nothing but python3 is needed.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: demo test lint clean
+
+$(STAMP): setup.cfg pyproject.toml
+	python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,onnx]"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/ajpq search --env AJPQ-MobileNet-v0 --algo td3 --episodes 60 --target 0.125 --out runs/demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check ajpq_env agents benchmarks tests
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .hypothesis

