@@ -13,7 +13,6 @@ MACs count the multiply-accumulates of the Conv2d/Linear layers for one sample; 
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -96,7 +95,10 @@ class CostModel:
 
     def layer_cost(self, layer: LayerInfo, kept_bits: np.ndarray, in_kept: int) -> LayerCost:
         """Cost of ``layer`` with surviving channels at ``kept_bits`` (no zeros) and ``in_kept`` inputs."""
-        kept = int(kept_bits.size)
+        return self.layer_cost_sum(layer, int(kept_bits.size), int(kept_bits.sum(dtype=np.int64)), in_kept)
+
+    def layer_cost_sum(self, layer: LayerInfo, kept: int, bit_sum: int, in_kept: int) -> LayerCost:
+        """:meth:`layer_cost` from the number of surviving channels and the sum of their bit-widths."""
         area = layer.kernel[0] * layer.kernel[1]
         if layer.kind == "depthwise":
             per_channel = area
@@ -104,10 +106,9 @@ class CostModel:
             per_channel = (in_kept // layer.groups) * area
         else:
             per_channel = in_kept
-        bit_sum = int(kept_bits.sum(dtype=np.int64))
         macs_per_channel = layer.out_hw[0] * layer.out_hw[1] * per_channel
         return LayerCost(
-            weight_bytes=math.ceil(per_channel * bit_sum / 8),
+            weight_bytes=(per_channel * bit_sum + 7) // 8,
             scale_bytes=4 * kept,
             macs=macs_per_channel * kept,
             bitops=macs_per_channel * bit_sum * self.a_bits,

@@ -250,9 +250,12 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             bucket_bits[:] = bucket_bits[0]
         decision = budget.decide(layer, kept, bucket_bits)
 
-        if group.id not in self._kept_idx:  # this step decides the group's pruned set: least important go
-            self._kept_idx[group.id] = self.graph.group_rank[group.id][: decision.kept]
-        survivors = self._kept_idx[group.id]
+        if group.locked:  # every channel survives; rank them by the layer's own importance
+            survivors = np.argsort(-self.graph.layer_scores[layer.name], kind="stable")
+        else:
+            if group.id not in self._kept_idx:  # this step decides the group's pruned set: least important go
+                self._kept_idx[group.id] = self.graph.group_rank[group.id][: decision.kept]
+            survivors = self._kept_idx[group.id]
         bits = np.zeros(layer.out_channels, dtype=np.int64)
         bits[survivors] = decision.bits
         self._bits[layer.name] = bits

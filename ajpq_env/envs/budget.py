@@ -136,10 +136,13 @@ class BudgetTracker:
 
     def step_cost(self, layer: LayerInfo, bits: np.ndarray, overrides: dict[int, int]) -> float:
         """Resource of ``layer`` with survivors at ``bits``, plus its group's extras when it is the leader."""
-        cost = self.costs.layer_cost(layer, bits, self._in_kept(layer, overrides)).resource(self.resource)
+        return self._cost(layer, len(bits), int(bits.sum()), overrides)
+
+    def _cost(self, layer: LayerInfo, kept: int, bit_sum: int, overrides: dict[int, int]) -> float:
+        cost = self.costs.layer_cost_sum(layer, kept, bit_sum, self._in_kept(layer, overrides)).resource(self.resource)
         group = self.graph.groups[layer.group]
         if self.resource == "size" and group.leader == layer.name:
-            cost += self.costs.extra_bytes(group.id, len(bits))
+            cost += self.costs.extra_bytes(group.id, kept)
         return cost
 
     def lower_bound(self, index: int, overrides: dict[int, int]) -> float:
@@ -147,8 +150,8 @@ class BudgetTracker:
         return sum(self._min_cost(layer, overrides) for layer in self.graph.layers[index + 1 :])
 
     def _min_cost(self, layer: LayerInfo, overrides: dict[int, int]) -> float:
-        kept = self._kept(layer.group, overrides)
-        return self.step_cost(layer, np.full(kept, self.min_bits), overrides)
+        kept = layer.out_channels if self.graph.groups[layer.group].locked else self._kept(layer.group, overrides)
+        return self._cost(layer, kept, kept * self.min_bits, overrides)
 
     # ------------------------------------------------------------------ the clipping step
     def decide(self, layer: LayerInfo, kept: int, bucket_bits: np.ndarray) -> Decision:
@@ -160,7 +163,9 @@ class BudgetTracker:
         """
         group = self.graph.groups[layer.group]
         leads = group.leader == layer.name and self.can_prune(group.id)
-        if not leads:
+        if group.locked:  # members of a locked group may differ in width (e.g. a padded residual stream)
+            kept = layer.out_channels
+        elif not leads:
             kept = self.kept.get(group.id, group.channels)
         buckets = np.array(bucket_bits, dtype=np.int64)
         if self.mode == "prune":
@@ -176,8 +181,11 @@ class BudgetTracker:
 
         def fits(k: int, b: np.ndarray) -> bool:
             if k not in lb_at:
-                lb_at[k] = base + sum(self._min_cost(l, {group.id: k}) for l in affected)
-            return self.spent + self.step_cost(layer, b, {group.id: k}) + lb_at[k] <= self.budget
+                lb_at[k] = base + sum(self._min_cost(l, overrides(k)) for l in affected)
+            return self.spent + self.step_cost(layer, b, overrides(k)) + lb_at[k] <= self.budget
+
+        def overrides(k: int) -> dict[int, int]:  # only a leader's step changes its group's kept count
+            return {group.id: k} if leads else {}
 
         # 1) lower bit-widths, widest bucket first (least important among equals), one bit at a time
         bits = expand_buckets(kept, buckets)
@@ -204,7 +212,7 @@ class BudgetTracker:
             bits = np.full(kept, self.min_bits)
         if not fits(kept, bits):  # cannot happen when the budget was reachable at reset; guard against bugs
             raise RuntimeError(f"layer {layer.name!r}: no decision fits the budget; this is a bug, please report it")
-        self.spent += self.step_cost(layer, bits, {group.id: kept})
+        self.spent += self.step_cost(layer, bits, overrides(kept))
         if group.leader == layer.name:
             self.kept[group.id] = kept
         return Decision(kept, bits, clipped)

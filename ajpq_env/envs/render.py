@@ -31,12 +31,11 @@ def render_ansi(rows: list[dict[str, Any]], final: dict[str, Any]) -> str:
 
 def render_rgb(rows: list[dict[str, Any]], b_max: int) -> np.ndarray:
     """An RGB image (H, W, 3) uint8 of per-layer sparsity and mean-bit bars."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
     fig = Figure(figsize=(8, 4), dpi=80)
+    canvas = FigureCanvasAgg(fig)
     ax_s, ax_b = fig.subplots(2, 1, sharex=True)
     x = np.arange(len(rows))
     sparsity = [r["sparsity"] or 0.0 for r in rows]
@@ -50,6 +49,5 @@ def render_rgb(rows: list[dict[str, Any]], b_max: int) -> np.ndarray:
     ax_b.set_ylabel("mean bits")
     ax_b.set_xlabel("layer (forward order)")
     fig.tight_layout()
-    fig.canvas.draw()
-    image = np.asarray(fig.canvas.buffer_rgba())[..., :3].copy()
-    return image
+    canvas.draw()
+    return np.asarray(canvas.buffer_rgba())[..., :3].copy()

