@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,3 +25,63 @@ def _one_thread() -> None:
     import torch
 
     torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------------------------------- ajpq_env.deploy
+@contextlib.contextmanager
+def _torch_threads(n: int) -> Iterator[None]:
+    """Run the block with ``n`` torch threads (tiny models on a shared 2-core machine crawl with more)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def deploy_task():
+    """The tiny synthetic MobileNetV2 task (random weights and data, 16x16 RGB), shared by the deploy tests."""
+    from ajpq_env.tasks import synthetic_task
+
+    return synthetic_task()
+
+
+@pytest.fixture(scope="session")
+def deploy_env(deploy_task):
+    """An AJPQ env on :func:`deploy_task` with its defaults (joint mode, size target 0.125)."""
+    from ajpq_env import AJPQEnv
+
+    with _torch_threads(1):
+        return AJPQEnv(deploy_task)
+
+
+def _run_episode(env, seed: int):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    env.reset(seed=seed)
+    terminated = False
+    while not terminated:
+        _, _, terminated, _, _ = env.step(rng.uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32))
+    return env.recipe()
+
+
+@pytest.fixture(scope="session")
+def deploy_episode():
+    """``run(env, seed) -> Policy``: one episode of seeded uniform random actions, returning its recipe."""
+    return _run_episode
+
+
+@pytest.fixture(scope="session")
+def deploy_recipe(deploy_env):
+    """A recipe as a search writes it (meta task/model...): mixed bit-widths 2..8 with pruned channels."""
+    import numpy as np
+
+    with _torch_threads(1):
+        policy = _run_episode(deploy_env, seed=3)
+    bits = np.concatenate([policy[name] for name in policy])
+    assert (bits == 0).any() and len(set(bits[bits > 0].tolist())) > 2, "fixture needs pruning and mixed bits"
+    return policy

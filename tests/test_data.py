@@ -187,8 +187,8 @@ def test_cifar10_image_folder_round_trip_and_cache(tmp_path: Path, monkeypatch: 
 
 def test_cifar10_image_folder_jpeg_and_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     x = np.full((2, 32, 32, 3), 200, dtype=np.uint8)
-    write_image_folder(tmp_path, "test", x, np.array([1, 8]), suffix=".jpg")
-    monkeypatch.setenv("AJPQ_DATA", str(tmp_path))
+    write_image_folder(tmp_path / "cifar10", "test", x, np.array([1, 8]), suffix=".jpg")
+    monkeypatch.setenv("AJPQ_DATA", str(tmp_path))  # a parent holding cifar10/ is accepted too
     images, labels = load_cifar10(split="test")
     assert np.abs(images.astype(int) - 200).max() <= 2 and labels.tolist() == [1, 8]
 

@@ -111,7 +111,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | ``calibration_batch_size`` | ``64`` | samples per calibration / fine-tuning batch |
     | ``finetune_steps`` | ``0`` | quantization-aware SGD steps before evaluation |
     | ``finetune_lr`` | ``1e-3`` | their learning rate |
-    | ``eval_batch_size`` | ``500`` | batch size of the evaluation |
+    | ``eval_batch_size`` | ``250`` | batch size of the evaluation |
     | ``cache_size`` | ``4096`` | evaluated policies kept in the cache (by policy hash) |
     | ``data_root``, ``weights``, ``search_size`` | ``None`` | passed to :func:`~ajpq_env.tasks.load_task` |
     | ``render_mode`` | ``None`` | ``"ansi"`` (per-layer table) or ``"rgb_array"`` (per-layer bars) |
@@ -154,7 +154,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         calibration_batch_size: int = 64,
         finetune_steps: int = 0,
         finetune_lr: float = 1e-3,
-        eval_batch_size: int = 500,
+        eval_batch_size: int = 250,
         cache_size: int = 4096,
         data_root: str | None = None,
         weights: str | None = None,

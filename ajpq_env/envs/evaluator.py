@@ -70,7 +70,7 @@ class Evaluator:
         calibration_batch_size: int = 64,
         finetune_steps: int = 0,
         finetune_lr: float = 1e-3,
-        eval_batch_size: int = 500,
+        eval_batch_size: int = 250,
         cache_size: int = 4096,
     ) -> None:
         for label, value in (

@@ -107,7 +107,7 @@ def _specs() -> dict[str, TaskSpec]:
             meta=_packaged_meta("mnist-mobilenet_v2"), pretrain="mnist-mobilenet_v2",
         ),
         TaskSpec(
-            "cifar10-mobilenet_v2", "mobilenet_v2", _mnv2_kwargs("cifar10-mobilenet_v2", 1.0, 3), "cifar10",
+            "cifar10-mobilenet_v2", "mobilenet_v2", _mnv2_kwargs("cifar10-mobilenet_v2", 0.5, 3), "cifar10",
             (3, 32, 32), "cifar10-mobilenet_v2.pt",
             description="MobileNetV2 (CIFAR stem) on CIFAR-10",
             meta=_packaged_meta("cifar10-mobilenet_v2"), pretrain="cifar10-mobilenet_v2",
@@ -183,14 +183,14 @@ class Task:
         """A zero batch of one sample, for tracing."""
         return torch.zeros(1, *self.spec.input_shape)
 
-    def fp32_metric(self, split: str = "search", batch_size: int = 500) -> float:
+    def fp32_metric(self, split: str = "search", batch_size: int = 250) -> float:
         """Metric of the uncompressed model on ``split`` (measured once, then remembered)."""
         if (split, batch_size) not in self._fp32:
             self._fp32[(split, batch_size)] = self.evaluate(self.model, split, batch_size)
         return self._fp32[(split, batch_size)]
 
     @torch.inference_mode()
-    def evaluate(self, model: nn.Module, split: str = "search", batch_size: int = 500) -> float:
+    def evaluate(self, model: nn.Module, split: str = "search", batch_size: int = 250) -> float:
         """Top-1 accuracy of ``model`` on ``split`` (model put in eval mode)."""
         data = self.splits[split]
         model.eval()
