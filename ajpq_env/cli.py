@@ -21,7 +21,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "envs": ("ajpq_env.inspect_cmd:envs_main", "list the registered env ids with their tasks and defaults"),
     "search": ("agents.search", "search a compression policy with an RL agent or a baseline"),
     "finetune": ("ajpq_env.deploy.finetune", "quantization-aware fine-tuning of a recipe"),
-    "export": ("ajpq_env.deploy.export", "export a recipe to a packed artefact and ONNX"),
+    "export": ("ajpq_env.deploy.export", "export a fine-tuned model (or a recipe as searched) to a packed .ajpq artefact and ONNX"),
     "evaluate": ("ajpq_env.deploy.evaluate", "evaluate an exported artefact (and its ONNX file) on the test split"),
     "report": ("ajpq_env.deploy.report", "Markdown summary and plots of a search run"),
 }

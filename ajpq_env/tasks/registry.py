@@ -30,9 +30,22 @@ from torch import nn
 from ajpq_env.models import build_model, load_resnet20_weights
 from ajpq_env.tasks.data import NORMALIZATION, load_cifar10, load_mnist_5k, stratified_split, to_tensor
 
-__all__ = ["TASKS", "Split", "Task", "TaskSpec", "load_task", "packaged_weights", "resolve_weights", "synthetic_task"]
+__all__ = [
+    "SYNTHETIC_PREFIX",
+    "TASKS",
+    "Split",
+    "Task",
+    "TaskSpec",
+    "load_splits",
+    "load_task",
+    "packaged_weights",
+    "resolve_weights",
+    "synthetic_task",
+]
 
 WEIGHTS_PACKAGE = "ajpq_env.tasks.weights"
+#: ``synthetic-<model>`` names the tiny random task :func:`synthetic_task` ``(<model>)``.
+SYNTHETIC_PREFIX = "synthetic-"
 
 
 @dataclass(frozen=True)
@@ -329,9 +342,9 @@ def load_task(
         5,000 for CIFAR-10)
     :param download: ImageNet only: allow torchvision to download its weights when not cached
     """
-    if name not in TASKS:
-        raise ValueError(f"unknown task {name!r}; expected one of {sorted(TASKS)}")
-    spec = TASKS[name]
+    if name.startswith(SYNTHETIC_PREFIX):
+        return synthetic_task(name[len(SYNTHETIC_PREFIX) :])
+    spec = _spec(name)
     if spec.dataset == "imagenet":
         model = _imagenet_model(str(weights or spec.weights), download)
     else:
@@ -339,9 +352,25 @@ def load_task(
         # the recorded sha256 guards the shipped weights; a user's own file is theirs to vouch for
         _load_state(model, spec, resolve_weights(spec, weights), check_sha256=weights is None)
     model.eval()
-    root = None if data_root is None else str(data_root)
-    splits = _DATASETS[spec.dataset](root, search_size)
-    return Task(spec, model, splits)
+    return Task(spec, model, load_splits(name, data_root=data_root, search_size=search_size))
+
+
+def _spec(name: str) -> TaskSpec:
+    if name not in TASKS:
+        raise ValueError(
+            f"unknown task {name!r}; expected one of {sorted(TASKS)} or {SYNTHETIC_PREFIX}<model> (random data)"
+        )
+    return TASKS[name]
+
+
+def load_splits(
+    name: str, *, data_root: str | os.PathLike[str] | None = None, search_size: int | None = None
+) -> dict[str, Split]:
+    """The train/search/test splits of task ``name`` without its model (arguments as :func:`load_task`)."""
+    if name.startswith(SYNTHETIC_PREFIX):
+        return synthetic_task(name[len(SYNTHETIC_PREFIX) :]).splits
+    spec = _spec(name)
+    return _DATASETS[spec.dataset](None if data_root is None else str(data_root), search_size)
 
 
 def _imagenet_model(weights: str, download: bool) -> nn.Module:
@@ -378,10 +407,11 @@ def synthetic_task(
     """
     kwargs = {"num_classes": 10, **({"width_mult": 0.25, "in_channels": input_shape[0]} if "mobilenet" in model else {})}
     kwargs.update(model_kwargs or {})
-    spec = TaskSpec(f"synthetic-{model}", model, kwargs, "synthetic", input_shape, None,
+    spec = TaskSpec(f"{SYNTHETIC_PREFIX}{model}", model, kwargs, "synthetic", input_shape, None,
                     description="random data, random weights (tests)")
-    torch.manual_seed(seed)
-    net = spec.build()
+    with torch.random.fork_rng():  # seed the weights without touching the caller's global generator
+        torch.manual_seed(seed)
+        net = spec.build()
     rng = np.random.default_rng(seed)
     for module in net.modules():  # non-trivial BatchNorm statistics, so that removal is visible
         if isinstance(module, nn.modules.batchnorm._BatchNorm):

@@ -1,0 +1,114 @@
+"""Command-line plumbing shared by the deploy subcommands: a documented config dataclass becomes an argparse parser.
+
+Every field of the dataclass is one option (``snake_case`` -> ``--kebab-case``); its help text is the field's
+``metadata["help"]`` plus its default (unless the help states it). A field without a default is a required
+option, one with ``metadata["positional"]`` a positional argument. Supported field types: ``int``, ``float``,
+``str``, ``Path``, ``bool`` (``--x`` when the default is ``False``, else ``--x`` / ``--no-x``) and ``X | None``
+of those (``none`` on the command line is ``None``); ``metadata["choices"]`` restricts the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import types
+import typing
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = ["build_parser", "existing_file", "option", "parse_config", "parse_configs", "set_threads"]
+
+T = TypeVar("T")
+
+
+def option(default: Any = dataclasses.MISSING, help: str = "", *, positional: bool = False,
+           choices: tuple[Any, ...] | None = None, metavar: str | None = None) -> Any:
+    """A dataclass field documented for the command line (see the module docstring)."""
+    meta = {"help": help, "positional": positional, "choices": choices, "metavar": metavar}
+    return dataclasses.field(default=default, metadata=meta)
+
+
+def _base_type(annotation: Any) -> tuple[type, bool]:
+    """``(type, optional)`` of an annotation ``X`` or ``X | None``."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        args = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if len(args) != 1:
+            raise TypeError(f"unsupported option type {annotation!r}")
+        return args[0], True
+    return annotation, False
+
+
+def _none_or(kind: type) -> Any:
+    def convert(text: str) -> Any:
+        return None if text.lower() in ("", "none") else kind(text)
+
+    convert.__name__ = kind.__name__  # argparse names the type in its error messages
+    return convert
+
+
+def _add_fields(parser: argparse.ArgumentParser | argparse._ArgumentGroup, config: type) -> None:
+    hints = typing.get_type_hints(config)
+    for f in dataclasses.fields(config):
+        kind, optional = _base_type(hints[f.name])
+        meta = f.metadata
+        help_text = meta.get("help", "")
+        kwargs: dict[str, Any] = {}
+        if meta.get("choices"):
+            kwargs["choices"] = meta["choices"]
+        if meta.get("metavar"):
+            kwargs["metavar"] = meta["metavar"]
+        if meta.get("positional"):
+            parser.add_argument(f.name, type=kind, help=help_text, **kwargs)
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        required = f.default is dataclasses.MISSING
+        default = None if required else f.default
+        if not required and "default" not in help_text:
+            help_text = f"{help_text} (default: {'unset' if default is None else default})"
+        if kind is bool:
+            action = "store_true" if default is False else argparse.BooleanOptionalAction
+            parser.add_argument(flag, action=action, default=default, help=help_text)
+            continue
+        parser.add_argument(flag, type=_none_or(kind) if optional else kind, default=default, required=required,
+                            help=help_text, **kwargs)
+
+
+def build_parser(
+    configs: list[tuple[str | None, type]], prog: str, description: str, epilog: str | None = None
+) -> argparse.ArgumentParser:
+    """An argparse parser with one argument per field of each dataclass; a titled entry becomes an argument group."""
+    parser = argparse.ArgumentParser(prog=prog, description=description, epilog=epilog,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    for title, config in configs:
+        _add_fields(parser if title is None else parser.add_argument_group(title), config)
+    return parser
+
+
+def parse_config(config: type[T], argv: list[str] | None, *, prog: str, description: str,
+                 epilog: str | None = None) -> T:
+    """Parse ``argv`` into an instance of the dataclass ``config``."""
+    return parse_configs([(None, config)], argv, prog=prog, description=description, epilog=epilog)[0]
+
+
+def parse_configs(configs: list[tuple[str | None, type]], argv: list[str] | None, *, prog: str, description: str,
+                  epilog: str | None = None) -> list[Any]:
+    """Parse ``argv`` into one instance of each dataclass of ``configs`` (``(group title or None, class)``)."""
+    namespace = vars(build_parser(configs, prog, description, epilog).parse_args(argv))
+    return [config(**{f.name: namespace[f.name] for f in dataclasses.fields(config)}) for _, config in configs]
+
+
+def set_threads(threads: int) -> None:
+    """``torch.set_num_threads(threads)`` when ``threads > 0``; 0 keeps torch's default."""
+    if threads < 0:
+        raise ValueError(f"threads must be >= 0 (0 = torch's default), got {threads}")
+    if threads:
+        torch.set_num_threads(threads)
+
+
+def existing_file(path: Path, what: str) -> Path:
+    """``path`` when it is a file; otherwise a ``FileNotFoundError`` that names ``what`` was looked for."""
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
+    return path

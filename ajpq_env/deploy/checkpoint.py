@@ -1,0 +1,120 @@
+"""The fine-tuned model on disk: a physically pruned ``state_dict`` whose weights lie on the recipe's grid.
+
+A fine-tuning output folder holds::
+
+    model.pt        torch.save of {"format", "architecture", "recipe", "state_dict", "metrics"}
+                    (plain tensors and JSON-like values: torch.load(path, weights_only=True) reads it)
+    recipe.json     the recipe (same as in model.pt), for other tools
+    finetune.json   settings, per-epoch history, metrics, the recipe's cost (what `ajpq report` shows)
+
+:meth:`Finetuned.load` rebuilds the architecture, removes the recipe's pruned channels with the engine's
+:func:`~ajpq_env.compression.physically_prune`, loads the state dict strictly and checks that every
+compressible weight is on the recipe's quantization grid, so ``ajpq export`` packs exactly what was trained.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ajpq_env.compression import CompressionGraph, CostModel, Policy, physically_prune, pruned_indices
+from ajpq_env.deploy.qat import grid_errors
+from ajpq_env.deploy.resolve import Architecture, fit_recipe
+
+__all__ = ["CHECKPOINT_FORMAT", "Finetuned"]
+
+CHECKPOINT_FORMAT = "ajpq-finetuned/1"
+MODEL_FILE = "model.pt"
+RECIPE_FILE = "recipe.json"
+SUMMARY_FILE = "finetune.json"
+#: Largest tolerated distance from the grid, relative to a layer's max |w| (float32 re-derivation of scales).
+GRID_RTOL = 1e-6
+
+
+@dataclass
+class Finetuned:
+    """A physically pruned model whose compressible weights lie on a recipe's quantization grid.
+
+    :param model: the network (eval mode), 0-bit channels removed
+    :param policy: the recipe
+    :param architecture: how to rebuild the uncompressed network
+    :param metrics: named results (fractions in [0, 1]), e.g. ``test``, ``search``, ``fp32_test``, ``before_test``
+    :param history: one dict per epoch (``epoch``, ``loss``, ``train_metric``, ``lr``, ``search``, ``seconds``)
+    :param config: the fine-tuning settings
+    :param seconds: wall time of the fine-tuning (s)
+    """
+
+    model: nn.Module
+    policy: Policy
+    architecture: Architecture
+    metrics: dict[str, float] = field(default_factory=dict)
+    history: list[dict[str, Any]] = field(default_factory=list)
+    config: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    def graph(self) -> CompressionGraph:
+        """The compression graph of the *uncompressed* architecture (what export and the cost model need)."""
+        return self.architecture.graph()
+
+    def cost(self, graph: CompressionGraph | None = None) -> dict[str, Any]:
+        """The recipe's cost: ``size_bytes`` (packed payload), MACs, BitOPs, and ratios against FP32."""
+        costs = CostModel(graph or self.graph())
+        cost = costs(self.policy)
+        return {**cost.to_dict(), "fp32_size_bytes": costs.fp32.size_bytes,
+                **{f"{k}_ratio": v for k, v in cost.ratios(costs.fp32).items()}}
+
+    def save(self, out_dir: str | os.PathLike[str]) -> Path:
+        """Write ``model.pt``, ``recipe.json`` and ``finetune.json`` into ``out_dir`` (created); return the folder."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        torch.save({"format": CHECKPOINT_FORMAT, "architecture": self.architecture.to_dict(),
+                    "recipe": self.policy.to_dict(), "state_dict": state, "metrics": dict(self.metrics)},
+                   out / MODEL_FILE)
+        self.policy.save(out / RECIPE_FILE)
+        summary = {
+            "task": self.architecture.task, "recipe_digest": self.policy.digest(), "metrics": self.metrics,
+            "cost": self.cost(), "seconds": self.seconds, "config": self.config, "history": self.history,
+        }
+        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+        return out
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Finetuned:
+        """Read a fine-tuning output (its folder or its ``model.pt``); the model comes back in eval mode."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / MODEL_FILE
+        if not path.is_file():
+            raise FileNotFoundError(f"fine-tuned checkpoint {str(path)!r} does not exist (run `ajpq finetune` first)")
+        try:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any unpickling failure means "not our file"
+            raise ValueError(f"{str(path)!r} is not a fine-tuned AJPQ checkpoint: {err}") from None
+        if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
+            found = data.get("format") if isinstance(data, dict) else type(data).__name__
+            raise ValueError(f"{str(path)!r}: expected a checkpoint of format {CHECKPOINT_FORMAT!r}, got {found!r}")
+        architecture = Architecture.from_dict(data["architecture"])
+        policy = Policy.from_dict(data["recipe"])
+        graph = architecture.graph()
+        fit_recipe(policy, graph, task=architecture.task, model=architecture.builder, source=f"checkpoint {path}")
+        model = architecture.build()
+        physically_prune(model, graph, pruned_indices(graph, policy))
+        try:
+            model.load_state_dict(data["state_dict"], strict=True)
+        except RuntimeError as err:
+            raise ValueError(f"{str(path)!r}: state dict does not match the pruned architecture: {err}") from None
+        model.eval()
+        problems = grid_errors(model, graph, policy, rtol=GRID_RTOL)
+        if problems:
+            raise ValueError(f"{str(path)!r}: weights are not on the recipe's quantization grid: {'; '.join(problems)}")
+        summary_path = path.parent / SUMMARY_FILE
+        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        return cls(model, policy, architecture, dict(data.get("metrics", {})), summary.get("history", []),
+                   summary.get("config", {}), float(summary.get("seconds", 0.0)))

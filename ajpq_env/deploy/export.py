@@ -1,0 +1,182 @@
+"""Export a compressed model: the engine's packed artefact plus an ONNX file (``ajpq export SOURCE``).
+
+``SOURCE`` is either a fine-tuning output (``ajpq finetune``'s folder or its ``model.pt``) or a recipe JSON
+(or a run folder holding ``best_recipe.json``). A recipe is compressed exactly as the search measured it (the
+env's :class:`~ajpq_env.envs.Evaluator`: physically pruned, quantized, BatchNorm recalibrated with the recipe's
+settings), so the artefact scores what the search reported. The output folder holds::
+
+    model.ajpq    the packed file (:mod:`ajpq_env.compression.packed`): JSON header + payload whose length is
+                  the recipe's CostModel size_bytes; `ajpq evaluate` and `ajpq_env.compression.load` read it
+    model.onnx    the same network for onnxruntime (see :mod:`ajpq_env.deploy.onnx_export`)
+    export.json   the manifest: task, recipe digest, byte counts, cost and ratios, source, known metrics
+
+Library use::
+
+    >>> from ajpq_env.deploy import export_model
+    >>> manifest = export_model(compressed, policy, Architecture.from_task(task), "out")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from ajpq_env.compression import CompressionGraph, CostModel, Policy, packed
+from ajpq_env.deploy._cli import option, parse_config, set_threads
+from ajpq_env.deploy.checkpoint import MODEL_FILE, Finetuned
+from ajpq_env.deploy.onnx_export import ONNX_FORMATS, export_onnx
+from ajpq_env.deploy.qat import grid_errors
+from ajpq_env.deploy.resolve import Architecture, fit_recipe, load_recipe, recipe_task_name, resolve_task
+from ajpq_env.tasks import Task
+
+__all__ = ["ARTEFACT_FILE", "MANIFEST_FILE", "ONNX_FILE", "ExportArgs", "compress_as_searched", "export_model", "main"]
+
+ARTEFACT_FILE = "model.ajpq"
+ONNX_FILE = "model.onnx"
+MANIFEST_FILE = "export.json"
+
+
+def export_model(
+    model: nn.Module,
+    policy: Policy,
+    architecture: Architecture,
+    out_dir: str | os.PathLike[str],
+    *,
+    onnx_format: str | None = "qdq",
+    graph: CompressionGraph | None = None,
+    extra: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Write ``model.ajpq``, ``model.onnx`` (unless ``onnx_format`` is ``None``) and ``export.json``.
+
+    :param model: the physically pruned model with weights on the recipe's grid (``compress(...)``, a
+        fine-tuned model); refused when its shapes or weights are not the recipe's
+    :param policy: the recipe; refused when its meta names another task or model than ``architecture``
+    :param architecture: the uncompressed architecture (builder, kwargs, input shape) the loader rebuilds
+    :param out_dir: output folder (created)
+    :param onnx_format: ``"qdq"``, ``"fp32"`` or ``None`` for no ONNX file
+    :param graph: compression graph of the uncompressed architecture (built when not given)
+    :param extra: more JSON-serialisable entries for the manifest (e.g. ``source``, ``metrics``)
+    :return: the manifest (also written to ``export.json``)
+    """
+    if onnx_format is not None and onnx_format not in ONNX_FORMATS:
+        raise ValueError(f"onnx_format must be one of {ONNX_FORMATS} or None, got {onnx_format!r}")
+    graph = graph or architecture.graph()
+    fit_recipe(policy, graph, task=architecture.task, model=architecture.builder)
+    problems = grid_errors(model, graph, policy, rtol=1e-6)
+    if problems:
+        raise ValueError("the model is not the recipe's compressed model (expected 0-bit channels removed and "
+                         "weights on the recipe's grid, as compress() or `ajpq finetune` give): " + "; ".join(problems))
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    info = packed.export(model, graph, policy, out / ARTEFACT_FILE, builder=architecture.builder,
+                         builder_kwargs=architecture.builder_kwargs)
+    costs = CostModel(graph)
+    cost = costs(policy)
+    if info.payload_bytes != cost.size_bytes:  # the engine's contract; never ship an artefact that breaks it
+        raise RuntimeError(f"packed payload is {info.payload_bytes} B but the cost model says {cost.size_bytes} B")
+    manifest: dict[str, Any] = {
+        "task": architecture.task,
+        "architecture": architecture.to_dict(),
+        "recipe_digest": policy.digest(),
+        "artefact": {"file": ARTEFACT_FILE, "file_bytes": info.file_bytes, "header_bytes": info.header_bytes,
+                     "payload_bytes": info.payload_bytes},
+        "cost": {**cost.to_dict(), "fp32_size_bytes": costs.fp32.size_bytes,
+                 **{f"{k}_ratio": v for k, v in cost.ratios(costs.fp32).items()}},
+        "onnx": None,
+    }
+    if onnx_format is not None:
+        path = export_onnx(model, graph, policy, out / ONNX_FILE, architecture.example_input(),
+                           onnx_format=onnx_format)
+        manifest["onnx"] = {"file": ONNX_FILE, "format": onnx_format, "file_bytes": path.stat().st_size}
+    manifest.update(extra or {})
+    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    return manifest
+
+
+def compress_as_searched(task: Task, policy: Policy, graph: CompressionGraph) -> nn.Module:
+    """The compressed model the search measured for ``policy``: the env's evaluator with the recipe's settings."""
+    from ajpq_env.envs.evaluator import Evaluator
+
+    meta = policy.meta
+    evaluator = Evaluator(
+        task, graph,
+        bn_calibration_batches=int(meta.get("bn_calibration_batches", 1)),
+        calibration_batch_size=int(meta.get("calibration_batch_size", 64)),
+        finetune_steps=int(meta.get("finetune_steps", 0)),
+        finetune_lr=float(meta.get("finetune_lr", 1e-3)),
+        cache_size=0,
+    )
+    return evaluator.compressed_model(policy)
+
+
+# --------------------------------------------------------------------------------------------- command line
+@dataclass
+class ExportArgs:
+    """``ajpq export`` options."""
+
+    source: Path = option(help="fine-tuning output (folder or model.pt), or a recipe JSON / run folder to export "
+                               "without fine-tuning", positional=True, metavar="SOURCE")
+    out: Path | None = option(None, "output folder; default: 'export' next to the fine-tuning folder or recipe")
+    onnx: str = option("qdq", "ONNX file: int8 weights + DequantizeLinear (qdq), float32 weights (fp32), or none",
+                       choices=(*ONNX_FORMATS, "none"))
+    task: str | None = option(None, "recipe source only: task name; default: the recipe's meta['task']")
+    data: str | None = option(None, "recipe source only: data set root (BatchNorm calibration); default $AJPQ_DATA")
+    weights: str | None = option(None, "recipe source only: FP32 weights; default: packaged, then $AJPQ_WEIGHTS")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+
+
+def _is_checkpoint(source: Path) -> bool:
+    return source.suffix == ".pt" or (source.is_dir() and (source / MODEL_FILE).is_file())
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ajpq export``: write the packed artefact, the ONNX file and the manifest."""
+    args = parse_config(ExportArgs, argv, prog="ajpq export",
+                        description="Export a fine-tuned model (or a recipe as searched) to the packed .ajpq "
+                                    "artefact and an ONNX file.")
+    onnx_format = None if args.onnx == "none" else args.onnx
+    try:
+        set_threads(args.threads)
+        source = args.source
+        if _is_checkpoint(source):
+            tuned = Finetuned.load(source)
+            model, policy, architecture = tuned.model, tuned.policy, tuned.architecture
+            if args.task is not None:
+                recipe_task_name(policy, args.task, source=f"checkpoint {str(source)!r}")
+            folder = source if source.is_dir() else source.parent
+            extra = {"source": {"kind": "finetuned", "path": str(source)}, "metrics": tuned.metrics}
+        else:
+            recipe_path = source / "best_recipe.json" if source.is_dir() else source
+            policy = load_recipe(recipe_path)
+            name = recipe_task_name(policy, args.task, source=f"recipe {str(recipe_path)!r}")
+            task = resolve_task(name, data_root=args.data, weights=args.weights)
+            architecture = Architecture.from_task(task, str(policy.meta.get("importance", "l1")))
+            graph = architecture.graph(task.model)
+            fit_recipe(policy, graph, task=task.name, model=task.spec.model, source=f"recipe {str(recipe_path)!r}")
+            model = compress_as_searched(task, policy, graph)
+            folder = recipe_path.parent
+            metrics = {"search": task.evaluate(model, "search")}  # what the search reported for this recipe
+            extra = {"source": {"kind": "recipe", "path": str(recipe_path)}, "metrics": metrics}
+        out = args.out or (folder.parent / "export" if extra["source"]["kind"] == "finetuned" else folder / "export")
+        manifest = export_model(model, policy, architecture, out, onnx_format=onnx_format, extra=extra)
+    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+        print(f"ajpq export: error: {err}", file=sys.stderr)
+        return 2
+    art, cost = manifest["artefact"], manifest["cost"]
+    print(f"{out / ARTEFACT_FILE}: {art['file_bytes']:,} B = header {art['header_bytes']:,} B + payload "
+          f"{art['payload_bytes']:,} B (cost model: {cost['size_bytes']:,} B, {cost['size_ratio']:.4f} of FP32 "
+          f"{cost['fp32_size_bytes']:,} B)")
+    if manifest["onnx"]:
+        print(f"{out / ONNX_FILE}: {manifest['onnx']['file_bytes']:,} B ({manifest['onnx']['format']})")
+    print(f"next: ajpq evaluate {out / ARTEFACT_FILE}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

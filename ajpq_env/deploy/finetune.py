@@ -1,0 +1,271 @@
+"""Quantization-aware fine-tuning of a recipe: ``ajpq finetune --recipe best_recipe.json --epochs N``.
+
+The network is physically pruned to the recipe (its 0-bit channels removed, so they stay pruned) and trained
+with straight-through fake quantization at the recipe's per-channel bit-widths (:mod:`ajpq_env.deploy.qat`):
+SGD with Nesterov momentum, a per-step cosine learning-rate schedule from ``lr`` to 0, light augmentation
+(random crop, and flips for natural images), a progress bar. At the end the weights are frozen on the grid,
+BatchNorm is recalibrated on clean training batches, and the metric is measured on the task's **test** split,
+which the search never sees. Per epoch only the search split is measured.
+
+Library use::
+
+    >>> from ajpq_env.deploy import FinetuneConfig, finetune
+    >>> result = finetune(task, policy, FinetuneConfig(epochs=3))   # doctest: +SKIP
+    >>> result.metrics["test"], result.save("runs/x/finetune")      # doctest: +SKIP
+
+Command line (options below; ``ajpq finetune --help``)::
+
+    ajpq finetune --recipe runs/x/best_recipe.json --epochs 5 [--task NAME] [--data ROOT] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm.auto import tqdm
+
+from ajpq_env.compression import CompressionGraph, Policy, compress
+from ajpq_env.deploy._cli import option, parse_configs, set_threads
+from ajpq_env.deploy.checkpoint import Finetuned
+from ajpq_env.deploy.qat import freeze, grid_errors, prepare_qat
+from ajpq_env.deploy.resolve import Architecture, fit_recipe, load_recipe, recipe_task_name, resolve_task
+from ajpq_env.envs.evaluator import recalibrate_batchnorm
+from ajpq_env.tasks import Task
+
+__all__ = ["AUGMENTATION", "FinetuneArgs", "FinetuneConfig", "augment", "finetune", "main"]
+
+#: Default augmentation per data set: (random-crop padding in pixels, horizontal flips).
+AUGMENTATION: dict[str, tuple[int, bool]] = {"cifar10": (4, True), "mnist5k": (2, False), "imagenet": (0, True)}
+
+
+@dataclass
+class FinetuneConfig:
+    """Settings of quantization-aware fine-tuning."""
+
+    epochs: int = option(5, "passes over the training split (or over --samples-per-epoch samples)")
+    batch_size: int = option(128, "training batch size (samples)")
+    lr: float = option(0.01, "peak learning rate; a per-step cosine schedule takes it to 0")
+    momentum: float = option(0.9, "SGD Nesterov momentum")
+    weight_decay: float = option(5e-5, "L2 penalty on conv/linear weights (not on BatchNorm or biases)")
+    samples_per_epoch: int | None = option(None, "training samples drawn per epoch; default: the whole train split")
+    crop_pad: int | None = option(None, "random-crop padding (pixels); default per data set: CIFAR-10 4, MNIST 2")
+    flip: bool | None = option(None, "random horizontal flips; default per data set: on for CIFAR-10")
+    bn_recalibration_batches: int = option(8, "clean training batches to re-estimate BatchNorm statistics at the end")
+    eval_batch_size: int = option(500, "batch size of evaluation passes (samples)")
+    evaluate_search: bool = option(True, "measure the search split after each epoch")
+    evaluate_baselines: bool = option(True, "also measure the FP32 model and the un-fine-tuned recipe on test")
+    seed: int = option(0, "seeds shuffling and augmentation")
+    progress: bool = option(True, "show a progress bar")
+
+    def check(self) -> None:
+        """Raise ``ValueError`` naming the first setting out of range."""
+        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
+        for name, value in positive.items():
+            if value < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        for name, value in {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+                            "bn_recalibration_batches": self.bn_recalibration_batches,
+                            "crop_pad": self.crop_pad or 0}.items():
+            if value < 0:
+                raise ValueError(f"{name} must be >= 0, got {value}")
+        if self.samples_per_epoch is not None and self.samples_per_epoch < 2:
+            raise ValueError(f"samples_per_epoch must be >= 2 (BatchNorm needs 2 samples), "
+                             f"got {self.samples_per_epoch}")
+
+
+def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Random ``pad``-pixel-shift crops (zero padding in normalised space) and horizontal flips of a batch."""
+    n, c, h, w = x.shape
+    if pad:
+        padded = F.pad(x, (pad, pad, pad, pad))
+        dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+        rows = (dy[:, None] + torch.arange(h))[:, None, :, None]
+        cols = (dx[:, None] + torch.arange(w))[:, None, None, :]
+        x = padded[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None], rows, cols]
+    if flip:
+        mask = torch.rand(n, generator=generator) < 0.5
+        x = torch.where(mask[:, None, None, None], x.flip(3), x)
+    return x
+
+
+def _calibration_batches(task: Task, batches: int, batch_size: int) -> list[torch.Tensor]:
+    train = task.splits["train"]
+    order = np.random.default_rng(0).permutation(len(train))[: batches * batch_size]
+    return [train.batch(np.sort(order[i : i + batch_size]))[0] for i in range(0, len(order), batch_size)]
+
+
+def _optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
+    decay = [p for p in model.parameters() if p.requires_grad and p.dim() > 1]
+    no_decay = [p for p in model.parameters() if p.requires_grad and p.dim() <= 1]
+    groups = [{"params": decay, "weight_decay": config.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, nesterov=config.momentum > 0)
+
+
+def _train(
+    model: nn.Module,
+    task: Task,
+    config: FinetuneConfig,
+    optimizer: torch.optim.Optimizer,
+    schedule: torch.optim.lr_scheduler.LRScheduler,
+    generator: torch.Generator,
+    per_epoch: int,
+    total: int,
+    pad: int,
+    flip: bool,
+) -> list[dict[str, float]]:
+    """The training epochs; one history row per epoch."""
+    train = task.splits["train"]
+    history: list[dict[str, float]] = []
+    bar = tqdm(total=total, desc=f"fine-tune {task.name}", unit="step", disable=not config.progress, leave=False)
+    for epoch in range(config.epochs):
+        epoch_start = time.perf_counter()
+        model.train()
+        order = torch.randperm(len(train), generator=generator)[:per_epoch].numpy()
+        seen = loss_sum = correct = 0
+        for i in range(0, per_epoch, config.batch_size):
+            index = np.sort(order[i : i + config.batch_size])
+            if index.size < 2:  # BatchNorm cannot normalise a single sample
+                schedule.step()
+                bar.update(1)
+                continue
+            x, y = train.batch(index)
+            logits = model(augment(x, pad, flip, generator))
+            loss = F.cross_entropy(logits, y)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            seen += len(y)
+            loss_sum += float(loss.detach()) * len(y)
+            correct += int((logits.argmax(1) == y).sum())
+            bar.update(1)
+            bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
+                            lr=f"{optimizer.param_groups[0]['lr']:.2g}")
+        row = {"epoch": epoch + 1, "loss": loss_sum / max(seen, 1), "train_metric": correct / max(seen, 1),
+               "lr": optimizer.param_groups[0]["lr"]}
+        if config.evaluate_search:
+            row["search"] = task.evaluate(model, "search", config.eval_batch_size)
+        row["seconds"] = time.perf_counter() - epoch_start
+        history.append(row)
+        if config.progress:
+            bar.write(f"epoch {epoch + 1}/{config.epochs}: loss {row['loss']:.4f}, train {row['train_metric']:.4f}"
+                      + (f", search {row['search']:.4f}" if "search" in row else ""))
+    bar.close()
+    return history
+
+
+def finetune(
+    task: Task,
+    policy: Policy,
+    config: FinetuneConfig | None = None,
+    *,
+    graph: CompressionGraph | None = None,
+) -> Finetuned:
+    """Quantization-aware fine-tuning of ``task.model`` compressed by ``policy``.
+
+    :param task: the loaded task (its FP32 model is copied, never modified)
+    :param policy: the recipe; refused (``ValueError`` naming both) when its meta names another task or model
+    :param config: settings (default :class:`FinetuneConfig`)
+    :param graph: the compression graph of ``task.model`` (built when not given)
+    :return: the physically pruned model on the recipe's grid, with ``metrics`` ``test`` and ``search`` (plus
+        ``fp32_test`` and ``before_test`` when ``config.evaluate_baselines``) and the per-epoch ``history``
+    """
+    config = config or FinetuneConfig()
+    config.check()
+    start = time.perf_counter()
+    importance = str(policy.meta.get("importance", "l1"))
+    architecture = Architecture.from_task(task, importance)
+    graph = graph or CompressionGraph(task.model, task.example_input(), importance)
+    fit_recipe(policy, graph, task=task.name, model=task.spec.model)
+    pad, flip = AUGMENTATION.get(task.spec.dataset, (0, False))
+    pad = pad if config.crop_pad is None else config.crop_pad
+    flip = flip if config.flip is None else config.flip
+    calibration = _calibration_batches(task, config.bn_recalibration_batches, config.batch_size)
+    metrics: dict[str, float] = {}
+    if config.evaluate_baselines:
+        metrics["fp32_test"] = task.fp32_metric("test", config.eval_batch_size)
+        before = compress(task.model, graph, policy, validate=False)  # as the search measured it, but on test
+        recalibrate_batchnorm(before, calibration)
+        metrics["before_test"] = task.evaluate(before, "test", config.eval_batch_size)
+
+    model = prepare_qat(task.model, graph, policy)
+    train = task.splits["train"]
+    per_epoch = len(train) if config.samples_per_epoch is None else min(len(train), config.samples_per_epoch)
+    steps_per_epoch = math.ceil(per_epoch / config.batch_size)
+    total = config.epochs * steps_per_epoch
+    optimizer = _optimizer(model, config)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total)))
+    generator = torch.Generator().manual_seed(config.seed)
+    with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator: seed it, then restore it
+        torch.manual_seed(config.seed)
+        history = _train(model, task, config, optimizer, schedule, generator, per_epoch, total, pad, flip)
+
+    freeze(model)
+    recalibrate_batchnorm(model, calibration)
+    model.eval()
+    problems = grid_errors(model, graph, policy)
+    if problems:  # an invariant of freeze(); report rather than export something that is not the recipe
+        raise RuntimeError("fine-tuned weights left the recipe's grid: " + "; ".join(problems))
+    metrics["search"] = task.evaluate(model, "search", config.eval_batch_size)
+    metrics["test"] = task.evaluate(model, "test", config.eval_batch_size)
+    return Finetuned(model, policy, architecture, metrics, history, dataclasses.asdict(config),
+                     time.perf_counter() - start)
+
+
+# --------------------------------------------------------------------------------------------- command line
+@dataclass
+class FinetuneArgs:
+    """``ajpq finetune`` options besides the :class:`FinetuneConfig` settings: the recipe, task, data and output."""
+
+    recipe: Path = option(help="recipe JSON written by a search (or a run folder holding best_recipe.json)",
+                          metavar="JSON")
+    task: str | None = option(None, "task name; default: the recipe's meta['task'] (a different one is refused)")
+    data: str | None = option(None, "data set root (CIFAR-10); default $AJPQ_DATA")
+    weights: str | None = option(None, "FP32 weights file or folder; default: packaged, then $AJPQ_WEIGHTS")
+    out: Path | None = option(None, "output folder; default: <recipe folder>/finetune")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``ajpq finetune``: fine-tune a recipe and save ``model.pt``, ``recipe.json`` and ``finetune.json``."""
+    args, config = parse_configs(
+        [(None, FinetuneArgs), ("fine-tuning settings", FinetuneConfig)], argv, prog="ajpq finetune",
+        description="Quantization-aware fine-tuning of a recipe (straight-through fake quantization at its "
+                    "per-channel bit-widths, pruned channels removed, cosine schedule); the final metric is "
+                    "measured on the task's test split.",
+    )
+    try:
+        set_threads(args.threads)
+        recipe_path = args.recipe / "best_recipe.json" if args.recipe.is_dir() else args.recipe
+        policy = load_recipe(recipe_path)
+        name = recipe_task_name(policy, args.task, source=f"recipe {str(recipe_path)!r}")
+        task = resolve_task(name, data_root=args.data, weights=args.weights)
+        result = finetune(task, policy, config)
+        out = result.save(args.out or recipe_path.parent / "finetune")
+    except (ValueError, FileNotFoundError) as err:
+        print(f"ajpq finetune: error: {err}", file=sys.stderr)
+        return 2
+    m, cost = result.metrics, result.cost()
+    print(f"task {task.name}: {result.policy!r}")
+    print(f"size {cost['size_bytes']:,} B ({cost['size_ratio']:.4f} of FP32 {cost['fp32_size_bytes']:,} B), "
+          f"BitOPs x{cost['bitops_ratio']:.4f}, MACs x{cost['macs_ratio']:.4f}")
+    baseline = (f" (FP32 {m['fp32_test']:.4f}, before fine-tuning {m['before_test']:.4f})"
+                if "fp32_test" in m else "")
+    print(f"test {task.spec.metric}: {m['test']:.4f}{baseline}; search split {m['search']:.4f}; "
+          f"{result.seconds:.0f} s")
+    print(f"saved {out}/model.pt; next: ajpq export {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
