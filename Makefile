@@ -6,6 +6,14 @@ STAMP := $(VENV)/.installed-stamp
 
 .PHONY: demo test lint clean
 
+# The read-only benchmark data beside this checkout, when present, is passed by environment variable (the code
+# never looks for it by path); set AJPQ_DATA / AJPQ_WEIGHTS yourself to use other copies.
+SHARED_DATA := $(abspath ../shared/data)
+ifneq ($(wildcard $(SHARED_DATA)/cifar10),)
+export AJPQ_DATA ?= $(SHARED_DATA)/cifar10
+export AJPQ_WEIGHTS ?= $(SHARED_DATA)/weights
+endif
+
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,onnx]"

@@ -1,4 +1,4 @@
-"""Quantization-aware fine-tuning (ajpq_env.deploy.qat, .finetune, .checkpoint) on the tiny synthetic task."""
+"""Quantization-aware fine-tuning (ajpq_env.compression.qat, .finetune, .checkpoint) on the tiny synthetic task."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from ajpq_env.compression import CompressionGraph, Policy, compress, quantize_codes
+from ajpq_env.compression.qat import kept_bits
 from ajpq_env.deploy import FakeQuantize, FinetuneConfig, Finetuned, finetune, freeze, grid_errors, prepare_qat
 from ajpq_env.deploy.finetune import augment
-from ajpq_env.deploy.qat import kept_bits
 
 FAST = {"batch_size": 32, "progress": False, "evaluate_baselines": False, "bn_recalibration_batches": 1}
 

@@ -296,3 +296,20 @@ def test_observation_bounds(tiny_task):
 
 def test_package_exports():
     assert ajpq_env.__version__ and "AJPQEnv" in ajpq_env.__all__
+
+
+def test_finetune_steps_keep_the_recipe(tiny_task):
+    from ajpq_env.compression.qat import grid_errors
+
+    env = AJPQEnv(tiny_task, finetune_steps=3, calibration_batch_size=16)
+    info = _random_episode(env, np.random.default_rng(5))
+    policy = env.recipe()
+    model = env.evaluator.compressed_model(policy)
+    assert grid_errors(model, env.graph, policy) == []
+    assert 0.0 <= info["metric"] <= 1.0
+    plain = AJPQEnv(tiny_task).evaluator.compressed_model(policy)
+    moved = any(
+        not np.array_equal(model.get_submodule(l.name).weight.detach().numpy(), plain.get_submodule(l.name).weight.detach().numpy())
+        for l in env.graph.layers
+    )
+    assert moved  # the fine-tuning steps changed the weights (still on the grid)

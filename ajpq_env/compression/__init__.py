@@ -5,6 +5,7 @@
 * :mod:`.policy` — :class:`Policy`: a bit-width per output channel, 0 = pruned; the JSON recipe
 * :mod:`.quantize` — per-channel symmetric quantization with mixed bit-widths
 * :mod:`.simulate` — apply a policy: simulated in place, or physically pruned
+* :mod:`.qat` — straight-through fake quantization of the physically pruned network (fine-tuning)
 * :mod:`.cost` — storage, MACs and BitOPs of the physically pruned network
 * :mod:`.packed` — export: pack to one file and load it back
 """

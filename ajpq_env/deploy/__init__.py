@@ -1,7 +1,7 @@
 """From a search result to a smaller network that runs: fine-tune, export, evaluate, report.
 
 * :mod:`.finetune` — quantization-aware fine-tuning of a recipe (``ajpq finetune``)
-* :mod:`.qat` — straight-through fake quantization of the physically pruned network
+* :mod:`ajpq_env.compression.qat` — straight-through fake quantization of the physically pruned network
 * :mod:`.checkpoint` — the fine-tuned model on disk (:class:`Finetuned`)
 * :mod:`.export` — packed ``.ajpq`` artefact + ONNX + manifest (``ajpq export``)
 * :mod:`.onnx_export` — ONNX with int8 weights and DequantizeLinear (QDQ) or float32 weights
@@ -18,12 +18,12 @@
 >>> manifest = export_model(tuned.model, policy, tuned.architecture, "/tmp/ajpq-doctest")  # doctest: +SKIP
 """
 
+from ajpq_env.compression.qat import FakeQuantize, freeze, grid_errors, prepare_qat
 from ajpq_env.deploy.checkpoint import Finetuned
 from ajpq_env.deploy.evaluate import ArtefactEvaluation, evaluate_artefact
 from ajpq_env.deploy.export import compress_as_searched, export_model
 from ajpq_env.deploy.finetune import FinetuneConfig, finetune
 from ajpq_env.deploy.onnx_export import ONNX_FORMATS, export_onnx, onnx_session
-from ajpq_env.deploy.qat import FakeQuantize, freeze, grid_errors, prepare_qat
 from ajpq_env.deploy.report import pareto_front, write_report
 from ajpq_env.deploy.resolve import Architecture, check_recipe, load_splits, resolve_task
 

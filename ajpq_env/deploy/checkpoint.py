@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ajpq_env.compression import CompressionGraph, CostModel, Policy, physically_prune, pruned_indices
-from ajpq_env.deploy.qat import grid_errors
+from ajpq_env.compression.qat import grid_errors
 from ajpq_env.deploy.resolve import Architecture, fit_recipe
 
 __all__ = ["CHECKPOINT_FORMAT", "Finetuned"]

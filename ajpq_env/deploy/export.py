@@ -28,10 +28,10 @@ from typing import Any
 from torch import nn
 
 from ajpq_env.compression import CompressionGraph, CostModel, Policy, packed
+from ajpq_env.compression.qat import grid_errors
 from ajpq_env.deploy._cli import option, parse_config, set_threads
 from ajpq_env.deploy.checkpoint import MODEL_FILE, Finetuned
 from ajpq_env.deploy.onnx_export import ONNX_FORMATS, export_onnx
-from ajpq_env.deploy.qat import grid_errors
 from ajpq_env.deploy.resolve import Architecture, fit_recipe, load_recipe, recipe_task_name, resolve_task
 from ajpq_env.tasks import Task
 

@@ -1,7 +1,7 @@
 """Quantization-aware fine-tuning of a recipe: ``ajpq finetune --recipe best_recipe.json --epochs N``.
 
 The network is physically pruned to the recipe (its 0-bit channels removed, so they stay pruned) and trained
-with straight-through fake quantization at the recipe's per-channel bit-widths (:mod:`ajpq_env.deploy.qat`):
+with straight-through fake quantization at the recipe's per-channel bit-widths (:mod:`ajpq_env.compression.qat`):
 SGD with Nesterov momentum, a per-step cosine learning-rate schedule from ``lr`` to 0, light augmentation
 (random crop, and flips for natural images), a progress bar. At the end the weights are frozen on the grid,
 BatchNorm is recalibrated on clean training batches, and the metric is measured on the task's **test** split,
@@ -34,9 +34,9 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ajpq_env.compression import CompressionGraph, Policy, compress
+from ajpq_env.compression.qat import freeze, grid_errors, prepare_qat
 from ajpq_env.deploy._cli import option, parse_configs, set_threads
 from ajpq_env.deploy.checkpoint import Finetuned
-from ajpq_env.deploy.qat import freeze, grid_errors, prepare_qat
 from ajpq_env.deploy.resolve import Architecture, fit_recipe, load_recipe, recipe_task_name, resolve_task
 from ajpq_env.envs.evaluator import recalibrate_batchnorm
 from ajpq_env.tasks import Task

@@ -24,7 +24,7 @@ import torch
 from torch import nn
 
 from ajpq_env.compression import CompressionGraph, Policy, quantize_codes
-from ajpq_env.deploy.qat import kept_bits
+from ajpq_env.compression.qat import kept_bits
 
 __all__ = ["ONNX_FORMATS", "ONNX_OPSET", "export_onnx", "onnx_session"]
 

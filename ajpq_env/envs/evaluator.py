@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from ajpq_env.compression import CompressionGraph, Policy, compress
-from ajpq_env.compression.quantize import quantize_weight
+from ajpq_env.compression.qat import freeze, prepare_qat
 from ajpq_env.tasks import Task
 
 __all__ = ["EvalResult", "Evaluator", "recalibrate_batchnorm"]
@@ -119,37 +119,27 @@ class Evaluator:
         return EvalResult(metric, seconds, False)
 
     def compressed_model(self, policy: Policy) -> nn.Module:
-        """The physically compressed model the reward is measured on (calibrated and fine-tuned)."""
-        model = compress(self.task.model, self.graph, policy, validate=False)
+        """The physically compressed model the reward is measured on (fine-tuned, then calibrated)."""
         if self.finetune_steps:
-            self._finetune(model, policy)
+            model = prepare_qat(self.task.model, self.graph, policy)
+            self._finetune(model)
+            freeze(model)
+        else:
+            model = compress(self.task.model, self.graph, policy, validate=False)
         recalibrate_batchnorm(model, self._calibration)
         return model
 
-    def _finetune(self, model: nn.Module, policy: Policy) -> None:
-        """A few steps of straight-through quantization-aware SGD on fixed training batches."""
+    def _finetune(self, model: nn.Module) -> None:
+        """``finetune_steps`` of straight-through quantization-aware SGD on fixed training batches."""
         train = self.task.splits["train"]
-        layers = [(model.get_submodule(layer.name), policy[layer.name]) for layer in self.graph.layers]
-        latent = {id(m): m.weight.detach().clone() for m, _ in layers}
         optimizer = torch.optim.SGD(model.parameters(), lr=self.finetune_lr, momentum=0.9)
         model.train()
         n = len(self._finetune_order)
         for step in range(self.finetune_steps):
             start = (step * self._finetune_batch) % n
             x, y = train.batch(np.sort(self._finetune_order[start : start + self._finetune_batch]))
-            # Straight-through: the forward uses quantized weights, the gradient updates the latent FP32 copy.
-            with torch.no_grad():
-                for m, bits in layers:
-                    m.weight.copy_(quantize_weight(latent[id(m)], bits[bits > 0]))
             loss = nn.functional.cross_entropy(model(x), y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
-            with torch.no_grad():
-                for m, _ in layers:
-                    latent[id(m)] -= self.finetune_lr * m.weight.grad
-                    m.weight.grad = None
             optimizer.step()
-        with torch.no_grad():
-            for m, bits in layers:
-                m.weight.copy_(quantize_weight(latent[id(m)], bits[bits > 0]))
         model.eval()
