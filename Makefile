@@ -20,7 +20,7 @@ $(STAMP): setup.cfg pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/ajpq search --env AJPQ-MobileNet-v0 --algo td3 --episodes 60 --target 0.125 --out runs/demo
+	$(VENV)/bin/ajpq search --env AJPQ-MobileNet-v0 --algo td3-twolevel --episodes 150 --target 0.125 --seed 0 --out runs/demo $(if $(wildcard runs/demo/episodes.csv),--resume,)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -m "not slow"

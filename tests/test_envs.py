@@ -313,3 +313,31 @@ def test_finetune_steps_keep_the_recipe(tiny_task):
         for l in env.graph.layers
     )
     assert moved  # the fine-tuning steps changed the weights (still on the grid)
+
+
+def test_fixed_pruning_keeps_the_given_channels(tiny_task):
+    first = AJPQEnv(tiny_task, mode="prune", target=0.3)
+    _random_episode(first, np.random.default_rng(2))
+    pruned_recipe = first.recipe()
+    # any channels may be fixed, not only the least important ones: prune the most important of one group
+    group = next(g for g in first.graph.groups if first.budget.can_prune(g.id))
+    bits = {name: np.array(b) for name, b in pruned_recipe.items()}
+    for name in group.members:
+        bits[name][:] = 8
+        bits[name][first.graph.group_rank[group.id][0]] = 0
+    fixed = Policy(bits)
+    for mode in ("joint", "quant"):
+        env = AJPQEnv(tiny_task, mode=mode, target=0.2, fixed_pruning=fixed)
+        rng = np.random.default_rng(0)
+        env.reset(seed=0)
+        terminated = False
+        while not terminated:
+            _, _, terminated, _, info = env.step(rng.uniform(-1, 1, env.action_space.shape))
+            if env.graph.layer(info["layer"]).group in env.budget.fixed_kept:
+                assert info["locked"] in ("pruning fixed by fixed_pruning", "quant mode") or "follows" in info["locked"]
+        result = env.recipe()
+        for g in env.graph.groups:
+            assert np.array_equal(result.pruned(g.leader), fixed.pruned(g.leader)), g.leader
+        assert info["budget_met"]
+    with pytest.raises(ValueError, match="impossible"):
+        AJPQEnv(tiny_task, mode="quant", target=0.01, fixed_pruning=fixed)

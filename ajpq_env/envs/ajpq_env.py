@@ -113,6 +113,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | ``finetune_lr`` | ``1e-3`` | their learning rate |
     | ``eval_batch_size`` | ``250`` | batch size of the evaluation |
     | ``cache_size`` | ``4096`` | evaluated policies kept in the cache (by policy hash) |
+    | ``fixed_pruning`` | ``None`` | a recipe whose pruned channels are kept fixed (e.g. the best of a prune-only search); the agent then only picks bit-widths of its survivors |
     | ``data_root``, ``weights``, ``search_size`` | ``None`` | passed to :func:`~ajpq_env.tasks.load_task` |
     | ``render_mode`` | ``None`` | ``"ansi"`` (per-layer table) or ``"rgb_array"`` (per-layer bars) |
 
@@ -159,6 +160,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         data_root: str | None = None,
         weights: str | None = None,
         search_size: int | None = None,
+        fixed_pruning: Policy | Mapping[str, Any] | str | Path | None = None,
         render_mode: str | None = None,
     ) -> None:
         if reward not in REWARDS:
@@ -180,9 +182,11 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.num_buckets, self.b_min, self.b_max = num_buckets, b_min, b_max
         self.graph = CompressionGraph(self.task.model, self.task.example_input(), importance)
         self.costs = CostModel(self.graph, a_bits)
+        self._fixed_idx = self._fixed_pruning(fixed_pruning)
         self.budget = BudgetTracker(
             self.graph, self.costs, resource=resource, target=target, mode=mode, b_min=b_min, b_max=b_max,
             fixed_bits=fixed_bits, max_sparsity=max_sparsity, channel_round=channel_round,
+            fixed_kept={g: len(idx) for g, idx in self._fixed_idx.items()},
         )
         self.evaluator = Evaluator(
             self.task, self.graph, bn_calibration_batches=bn_calibration_batches,
@@ -205,6 +209,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "channel_round": channel_round, "importance": importance, "a_bits": a_bits,
             "bn_calibration_batches": bn_calibration_batches, "calibration_batch_size": calibration_batch_size,
             "finetune_steps": finetune_steps, "finetune_lr": finetune_lr,
+            "fixed_pruning": None if fixed_pruning is None else _as_policy(fixed_pruning).to_dict(),
         }
         self._t: int | None = None
         self._bits: dict[str, np.ndarray] = {}
@@ -221,10 +226,10 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.budget.reset()
         self._t = 0
         self._bits = {}
-        self._kept_idx = {}
+        self._kept_idx = dict(self._fixed_idx)
         self._prev = (0.0, 1.0)
         self._start = time.perf_counter()
-        self._last_info = {}
+        # self._last_info keeps the last finished episode (for record()) until the next one ends
         return self._observation(), {"layer": self.graph.layers[0].name, "num_layers": len(self.graph.layers)}
 
     def step(self, action: np.ndarray):
@@ -270,7 +275,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "kept": len(survivors),
             "mean_bits": mean_bits,
             "clipped": decision.clipped,
-            "locked": self.graph.sparsity_locked(layer.name) if self.mode != "quant" else "quant mode",
+            "locked": self._lock_reason(layer.name),
             "budget_used": budget.used_fraction(),
         }
         self._t += 1
@@ -305,7 +310,11 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             raise RuntimeError("the episode has not ended yet: the recipe exists once every layer is decided")
         return Policy(
             {layer.name: self._bits[layer.name] for layer in self.graph.layers},
-            meta={"task": self.task.name, "model": self.task.spec.model, **self.spec_kwargs},
+            meta={
+                "task": self.task.name,
+                "model": self.task.spec.model,
+                **{k: v for k, v in self.spec_kwargs.items() if k != "fixed_pruning"},
+            },
         )
 
     def apply(self, recipe: Policy | Mapping[str, Any] | str | Path) -> dict[str, Any]:
@@ -376,6 +385,29 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         return out
 
     # ------------------------------------------------------------------ internals
+    def _fixed_pruning(self, recipe: Policy | Mapping[str, Any] | str | Path | None) -> dict[int, np.ndarray]:
+        """Surviving channels (most important first) of every group that ``recipe`` prunes."""
+        if recipe is None:
+            return {}
+        policy = _as_policy(recipe)
+        policy.validate(self.graph)
+        fixed: dict[int, np.ndarray] = {}
+        for group in self.graph.groups:
+            pruned = policy.pruned(group.leader)
+            if pruned.size:
+                rank = self.graph.group_rank[group.id]
+                fixed[group.id] = rank[~np.isin(rank, pruned)]
+        return fixed
+
+    def _lock_reason(self, name: str) -> str:
+        """Why the sparsity of layer ``name`` is not the agent's decision in this env (``""`` when it is)."""
+        structural = self.graph.sparsity_locked(name)
+        if structural:
+            return structural
+        if self.graph.layer(name).group in self._fixed_idx:
+            return "pruning fixed by fixed_pruning"
+        return "quant mode" if self.mode == "quant" else ""
+
     def _observation(self, final: bool = False) -> dict[str, np.ndarray]:
         index = len(self.graph.layers) - 1 if final else self._t
         layer = self.graph.layers[index]
@@ -414,7 +446,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                     "kept": None if bits is None else int(np.count_nonzero(bits)),
                     "sparsity": None if bits is None else 1.0 - np.count_nonzero(bits) / layer.out_channels,
                     "mean_bits": None if bits is None else float(bits[bits > 0].mean()),
-                    "locked": self.graph.sparsity_locked(layer.name),
+                    "locked": self._lock_reason(layer.name),
                 }
             )
         return rows

@@ -51,6 +51,8 @@ class BudgetTracker:
     :param fixed_bits: bit-width of every channel in ``"prune"`` mode
     :param max_sparsity: largest fraction of a group's channels that may be pruned, in [0, 1)
     :param channel_round: pruned channel counts are multiples of this
+    :param fixed_kept: ``{group id: kept channels}`` of groups whose pruning is decided beforehand (e.g. by a
+        previous prune-only search); their sparsity is not the agent's
     """
 
     def __init__(
@@ -66,6 +68,7 @@ class BudgetTracker:
         fixed_bits: int,
         max_sparsity: float,
         channel_round: int,
+        fixed_kept: dict[int, int] | None = None,
     ) -> None:
         if resource not in RESOURCES:
             raise ValueError(f"resource must be one of {RESOURCES}, got {resource!r}")
@@ -88,19 +91,22 @@ class BudgetTracker:
         self.fp32_total = costs.fp32.resource(resource)
         self.budget = self.target * self.fp32_total
         self.min_bits = fixed_bits if mode == "prune" else b_min
-        self.min_keep = [self._min_keep(g.id) for g in graph.groups]
+        self.fixed_kept = dict(fixed_kept or {})
+        self.min_keep = [self.fixed_kept.get(g.id, self._min_keep(g.id)) for g in graph.groups]
         self.reset()
         self.minimum = self.spent + self.lower_bound(-1, {})
         if self.minimum > self.budget:
             raise ValueError(
                 f"target {self.target:g} of FP32 {resource} is impossible in {mode!r} mode: the smallest reachable "
-                f"is {self.minimum / self.fp32_total:.4f} (maximal pruning at max_sparsity={max_sparsity} and "
+                f"is {self.minimum / self.fp32_total:.4f} (maximal pruning at max_sparsity={max_sparsity}"
+                f"{' where not fixed' if self.fixed_kept else ''} and "
                 f"{self.min_bits}-bit weights); choose target >= {math.ceil(self.minimum / self.fp32_total * 1e4) / 1e4}"
             )
 
     # ------------------------------------------------------------------ pruning arithmetic
     def can_prune(self, group_id: int) -> bool:
-        return self.mode != "quant" and not self.graph.groups[group_id].locked
+        """Whether the agent decides this group's sparsity."""
+        return self.mode != "quant" and not self.graph.groups[group_id].locked and group_id not in self.fixed_kept
 
     def max_pruned(self, group_id: int) -> int:
         if not self.can_prune(group_id):
@@ -121,7 +127,7 @@ class BudgetTracker:
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
         self.spent = float(self.costs.fixed_bytes) if self.resource == "size" else 0.0
-        self.kept: dict[int, int] = {}  # decided groups
+        self.kept: dict[int, int] = dict(self.fixed_kept)  # decided groups
 
     def _kept(self, group_id: int, overrides: dict[int, int]) -> int:
         if group_id in overrides:
