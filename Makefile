@@ -23,7 +23,7 @@ demo: $(STAMP)
 	$(VENV)/bin/ajpq search --env AJPQ-MobileNet-v0 --algo td3-twolevel --episodes 150 --target 0.125 --seed 0 --out runs/demo $(if $(wildcard runs/demo/episodes.csv),--resume,)
 
 test: $(STAMP)
-	$(PY) -m pytest -q -m "not slow"
+	$(PY) -m pytest -q
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ajpq_env agents benchmarks tests
