@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -28,19 +27,6 @@ def _one_thread() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- ajpq_env.deploy
-@contextlib.contextmanager
-def _torch_threads(n: int) -> Iterator[None]:
-    """Run the block with ``n`` torch threads (tiny models on a shared 2-core machine crawl with more)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
 @pytest.fixture(scope="session")
 def deploy_task():
     """The tiny synthetic MobileNetV2 task (random weights and data, 16x16 RGB), shared by the deploy tests."""
@@ -54,8 +40,7 @@ def deploy_env(deploy_task):
     """An AJPQ env on :func:`deploy_task` with its defaults (joint mode, size target 0.125)."""
     from ajpq_env import AJPQEnv
 
-    with _torch_threads(1):
-        return AJPQEnv(deploy_task)
+    return AJPQEnv(deploy_task)
 
 
 def _run_episode(env, seed: int):
@@ -80,8 +65,7 @@ def deploy_recipe(deploy_env):
     """A recipe as a search writes it (meta task/model...): mixed bit-widths 2..8 with pruned channels."""
     import numpy as np
 
-    with _torch_threads(1):
-        policy = _run_episode(deploy_env, seed=3)
+    policy = _run_episode(deploy_env, seed=3)
     bits = np.concatenate([policy[name] for name in policy])
     assert (bits == 0).any() and len(set(bits[bits > 0].tolist())) > 2, "fixture needs pruning and mixed bits"
     return policy

@@ -5,19 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from ajpq_env import cli
 from ajpq_env.compression import Policy
 from ajpq_env.records import RecordWriter
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _restore_threads():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

@@ -26,13 +26,6 @@ pytest.importorskip("onnxruntime", reason="needs the 'onnx' extra: pip install -
 TOL = 1e-4  # the issue's bound on |loader - simulated| and |onnxruntime - simulated| (logits)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 def _outputs(task, model_or_path):
     x = task.splits["test"].tensor()

@@ -14,13 +14,6 @@ from ajpq_env.deploy.finetune import augment
 FAST = {"batch_size": 32, "progress": False, "evaluate_baselines": False, "bn_recalibration_batches": 1}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def graph(deploy_task) -> CompressionGraph:
