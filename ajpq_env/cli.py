@@ -24,6 +24,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "export": ("ajpq_env.deploy.export", "export a fine-tuned model (or a recipe as searched) to a packed .ajpq artefact and ONNX"),
     "evaluate": ("ajpq_env.deploy.evaluate", "evaluate an exported artefact (and its ONNX file) on the test split"),
     "report": ("ajpq_env.deploy.report", "Markdown summary and plots of a search run"),
+    "leaderboard": ("benchmarks.leaderboard", "run, resume and tabulate the benchmark leaderboard"),
 }
 
 

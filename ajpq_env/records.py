@@ -11,6 +11,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import os
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -102,21 +103,26 @@ class ValidationResult:
 
 
 class RecordWriter:
-    """Appends records to a CSV file, one flushed row per record (safe to interrupt)."""
+    """Appends records to a CSV file, one flushed and synced row per record (an interrupt loses no finished row).
 
-    def __init__(self, path: str | Path) -> None:
+    :param path: the CSV file (created with a header when new or empty)
+    :param record_type: a dataclass with a ``to_row() -> dict[str, str]`` method (default :class:`EpisodeRecord`)
+    """
+
+    def __init__(self, path: str | Path, record_type: type = EpisodeRecord) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         new = not self.path.exists() or self.path.stat().st_size == 0
         self._file = open(self.path, "a", newline="")
-        self._writer = csv.DictWriter(self._file, fieldnames=[f.name for f in fields(EpisodeRecord)])
+        self._writer = csv.DictWriter(self._file, fieldnames=[f.name for f in fields(record_type)])
         if new:
             self._writer.writeheader()
             self._file.flush()
 
-    def write(self, record: EpisodeRecord) -> None:
+    def write(self, record: Any) -> None:
         self._writer.writerow(record.to_row())
         self._file.flush()
+        os.fsync(self._file.fileno())
 
     def close(self) -> None:
         self._file.close()

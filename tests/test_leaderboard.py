@@ -14,15 +14,12 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-import torch
 
 import agents.search
 from ajpq_env.compression import Policy
 from ajpq_env.records import read_records
 from benchmarks import leaderboard
 from benchmarks.leaderboard import LeaderboardRow, main, markdown_table, read_rows, validate_row
-
-torch.set_num_threads(1)
 
 SMOKE = ["--suite", "smoke", "--seeds", "0", "1"]
 FIRST = "synthetic-mobilenet_v2/size-0.125"
@@ -71,12 +68,14 @@ def test_smoke_suite_writes_one_validated_row_per_run(board):
         episodes = list(read_records(run / "episodes.csv"))
         assert len(episodes) == 4 and episodes[row.best_episode].metric == row.metric
         assert Policy.load(run / "best_recipe.json") == Policy.from_dict(row.recipe)
+        assert not (run / "checkpoints").exists() and not (run / "checkpoint.json").exists()  # dropped once written
 
 
 def test_smoke_suite_writes_the_table(board):
     table = (board / "leaderboard.md").read_text()
     assert f"## {FIRST}" in table and "## synthetic-mobilenet_v2/bitops-0.05" in table
-    assert table.count("| 1 |") == 2 and table.count("| 2 |") == 2 and table.count("2/2 |") == 4
+    ranks = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and "agent" not in line]
+    assert ranks == ["| 1", "| 2", "| 1", "| 2"] and table.count("2/2 |") == 4
     assert " ± " in table and "Not validated" not in table
 
 
@@ -146,7 +145,7 @@ def test_resume_continues_an_interrupted_run_from_its_checkpoint(tmp_path, monke
     assert (run / "checkpoint.json").exists() and not csv_keys(out)
     assert main([*argv, "--out", str(out), "--resume"]) == 0
     (row,) = read_rows(out / "leaderboard.csv")
-    assert out / row.run == run and row.episodes == 12 and row.validated
+    assert out / row.run == run and row.episodes == 12 and row.validated and not (run / "checkpoint.json").exists()
     assert main([*argv, "--out", str(tmp_path / "straight")]) == 0
     assert same_results([row], read_rows(tmp_path / "straight" / "leaderboard.csv"))
 
@@ -163,9 +162,9 @@ def test_tampered_rows_fail_validation_with_a_message(board):
         "fp32_metric: recorded": replace(row, fp32_metric=0.5),
         "budget: recipe exceeds target": replace(row, target=tighter, env_kwargs={**row.env_kwargs, "target": tighter}),
         "budget: the row says size <= 0.5": replace(row, target=0.5),
-        "recipe does not apply": replace(row, recipe=too_many_bits),
+        "recipe does not apply: layer": replace(row, recipe=too_many_bits),
         "cannot build the env": replace(row, task="no-such-task"),
-        "replay failed": replace(row, recipe={"format": "ajpq-recipe/1", "layers": 42}),
+        "recipe 'layers' must map layer names": replace(row, recipe={"format": "ajpq-recipe/1", "layers": 42}),
         "no recipe to replay": replace(row, best_episode=None),
     }
     for expected, tampered in cases.items():
@@ -259,10 +258,11 @@ def test_entries_without_data_or_weights_are_skipped_with_the_reason(tmp_path, m
 
 def test_parallel_workers_give_the_sequential_results(board, tmp_path):
     out = tmp_path / "parallel"
-    assert main([*SMOKE, "--agents", "random", "--out", str(out), "--workers", "2"]) == 0
+    assert main([*SMOKE, "--agents", "random", "--out", str(out), "--workers", "2", "--keep-checkpoints"]) == 0
     sequential = [r for r in read_rows(board / "leaderboard.csv") if r.agent == "random"]
     rows = read_rows(out / "leaderboard.csv")
     assert len(rows) == 4 and all(r.validated for r in rows) and same_results(rows, sequential)
+    assert all((out / r.run / "checkpoint.json").exists() for r in rows)
 
 
 def test_ray_missing_says_how_to_install_it(tmp_path, monkeypatch, capsys):

@@ -146,7 +146,12 @@ class Policy(Mapping[str, np.ndarray]):
         if not isinstance(data, Mapping) or data.get("format") != RECIPE_FORMAT or "layers" not in data:
             found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
             raise ValueError(f"not an AJPQ recipe: expected format {RECIPE_FORMAT!r} with 'layers', got {found!r}")
-        return cls(data["layers"], data.get("meta"))
+        if not isinstance(data["layers"], Mapping):
+            raise ValueError(f"recipe 'layers' must map layer names to bit-width lists, got {type(data['layers']).__name__}")
+        meta = data.get("meta")
+        if meta is not None and not isinstance(meta, Mapping):
+            raise ValueError(f"recipe 'meta' must be a mapping, got {type(meta).__name__}")
+        return cls(data["layers"], meta)
 
     def to_json(self, indent: int | None = None) -> str:
         return json.dumps(self.to_dict(), indent=indent)
