@@ -217,6 +217,8 @@ def test_recipe_apply_validate_and_cache(tiny_task):
     bad = fresh.validate(record)
     assert not bad.ok
     assert any(e.startswith("metric:") for e in bad.errors) and any(e.startswith("size_ratio:") for e in bad.errors)
+    record.recipe = 42  # not a recipe at all: reported, not raised
+    assert fresh.validate(record).errors == ["recipe does not apply: recipe must be a Policy, a recipe dict or a JSON path, got int"]
 
 
 def test_recipe_for_other_task_refused(tiny_task):

@@ -370,7 +370,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         out = ValidationResult(record)
         try:
             replay = self.apply(record.recipe)
-        except (ValueError, KeyError) as err:
+        except (ValueError, KeyError, TypeError) as err:
             out.errors.append(f"recipe does not apply: {err}")
             return out
         out.replayed = {k: replay[k] for k in ("metric", "size_ratio", "macs_ratio", "bitops_ratio", "reward")}
