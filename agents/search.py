@@ -74,8 +74,8 @@ class SearchConfig:
     out: str | None = _opt(None, "run directory (default runs/<env>__<algo>__s<seed>__<time>)")
     resume: bool = _opt(False, "continue the run in --out from its latest checkpoint (same options)")
     checkpoint_every: int = _opt(10, "episodes between checkpoints (one is also written at the end)")
-    warmup_episodes: int | None = _opt(None, "episodes of random actions before learning (default min(20, episodes // 5))")
-    noise_sigma: float = _opt(0.5, "initial sigma of the truncated-normal exploration noise (0: the YAML's noise)")
+    warmup_episodes: int | None = _opt(None, "episodes of random actions before learning (default min(5, episodes // 5))")
+    noise_sigma: float = _opt(0.2, "initial sigma of the truncated-normal exploration noise (0: the YAML's noise)")
     noise_decay: float = _opt(0.98, "per-episode decay of the noise's sigma")
     gamma: float = _opt(1.0, "discount factor (the schedule's gamma = 1)")
     credit: bool = _opt(True, "store every step of an episode with its final reward (off-policy algorithms)")
@@ -118,7 +118,7 @@ class SearchConfig:
     def search_schedule(self) -> SearchSchedule:
         if not self.schedule:
             return SearchSchedule.off()
-        warmup = self.warmup_episodes if self.warmup_episodes is not None else min(20, self.episodes // 5)
+        warmup = self.warmup_episodes if self.warmup_episodes is not None else min(5, self.episodes // 5)
         return SearchSchedule(
             warmup_episodes=warmup, noise_sigma=self.noise_sigma or None, noise_decay=self.noise_decay,
             gamma=self.gamma, credit_final_reward=self.credit,
