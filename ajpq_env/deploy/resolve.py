@@ -22,13 +22,10 @@ from torch import nn
 from ajpq_env import tasks
 from ajpq_env.compression import B_MAX, B_MIN, CompressionGraph, Policy
 from ajpq_env.models import MODELS, build_model
-from ajpq_env.tasks import TASKS, Split, Task, load_task, synthetic_task
+from ajpq_env.tasks import SYNTHETIC_PREFIX, TASKS, Split, Task, load_task, synthetic_task
 
 __all__ = ["SYNTHETIC_PREFIX", "Architecture", "check_recipe", "fit_recipe", "load_recipe", "load_splits",
            "recipe_task_name", "resolve_task", "task_architecture"]
-
-#: Prefix of the synthetic task names: ``synthetic-mobilenet_v2`` is ``synthetic_task("mobilenet_v2")``.
-SYNTHETIC_PREFIX = "synthetic-"
 
 
 def _known_tasks() -> str:

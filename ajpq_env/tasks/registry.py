@@ -36,6 +36,7 @@ __all__ = [
     "Split",
     "Task",
     "TaskSpec",
+    "dataset_splits",
     "load_splits",
     "load_task",
     "packaged_weights",
@@ -369,8 +370,18 @@ def load_splits(
     """The train/search/test splits of task ``name`` without its model (arguments as :func:`load_task`)."""
     if name.startswith(SYNTHETIC_PREFIX):
         return synthetic_task(name[len(SYNTHETIC_PREFIX) :]).splits
-    spec = _spec(name)
-    return _DATASETS[spec.dataset](None if data_root is None else str(data_root), search_size)
+    return dataset_splits(_spec(name).dataset, data_root=data_root, search_size=search_size)
+
+
+def dataset_splits(
+    dataset: str, *, data_root: str | os.PathLike[str] | None = None, search_size: int | None = None
+) -> dict[str, Split]:
+    """The train/search/test splits of a data set (``"mnist5k"``, ``"cifar10"``, ``"imagenet"``): the one
+    definition of the splits, shared by the tasks and by ``benchmarks/pretrain.py`` (which trains on ``train``
+    only, so the search split is held out)."""
+    if dataset not in _DATASETS:
+        raise ValueError(f"unknown data set {dataset!r}; expected one of {sorted(_DATASETS)}")
+    return _DATASETS[dataset](None if data_root is None else str(data_root), search_size)
 
 
 def _imagenet_model(weights: str, download: bool) -> nn.Module:
