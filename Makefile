@@ -12,6 +12,7 @@ SHARED_DATA := $(abspath ../shared/data)
 ifneq ($(wildcard $(SHARED_DATA)/cifar10),)
 export AJPQ_DATA ?= $(SHARED_DATA)/cifar10
 export AJPQ_WEIGHTS ?= $(SHARED_DATA)/weights
+export AJPQ_DETECTION ?= $(SHARED_DATA)/detection
 endif
 
 $(STAMP): setup.cfg pyproject.toml

@@ -28,6 +28,7 @@ MODELS = {
     "mobilenet_v2": ({"num_classes": 10, "width_mult": 0.25}, (3, 16, 16)),
     "mobilenet_v1": ({"num_classes": 10, "width_mult": 0.25}, (3, 16, 16)),
     "resnet20": ({"num_classes": 10}, (3, 16, 16)),
+    "skynet": ({}, (3, 32, 64)),  # reorg + concat bypass; published widths, tiny input
 }
 
 

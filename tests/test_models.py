@@ -49,7 +49,7 @@ def test_output_shape(name: str, kwargs: dict, input_shape: tuple[int, ...], cla
 
 
 def test_registry_covers_every_builder() -> None:
-    assert set(MODELS) == {"mobilenet_v1", "mobilenet_v2", "mobilenet_v2_imagenet", "resnet20"}
+    assert set(MODELS) == {"mobilenet_v1", "mobilenet_v2", "mobilenet_v2_imagenet", "resnet20", "skynet"}
 
 
 def test_build_model_unknown_name_lists_valid_names() -> None:

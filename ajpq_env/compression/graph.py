@@ -11,9 +11,11 @@ small, static structure the rest of AJPQ works with:
   ``(module name, torch-pruning handler)`` pairs that remove those channels physically (the *plan*);
 * :class:`CompressionGraph` — the ordered layers and groups, built once per model.
 
-A group is *locked* (never pruned) when it feeds the network output (the classifier), or when torch-pruning's
+A group is *locked* (never pruned) when it feeds the network output (the classifier), when torch-pruning's
 coupling cannot be applied as an identity index map (e.g. ResNet option-A shortcuts, which zero-pad a 16-channel
-stream into a 32-channel one): pruning such a group would not be the same as removing the channel.
+stream into a 32-channel one): pruning such a group would not be the same as removing the channel, or when the
+model declares it in a ``compression_locks`` attribute (``{layer name: reason}``) because its coupling passes
+through an op torch-pruning does not model (SkyNet's space-to-depth reorg).
 """
 
 from __future__ import annotations
@@ -160,6 +162,21 @@ class CompressionGraph:
         for group in self.groups:
             if not group.consumers and not group.locked:
                 group.locked, group.lock_reason = True, "network output (classifier)"
+            elif _is_depthwise(modules[group.leader]) and not group.locked:
+                # a depthwise conv leads its group only when no conv produces its input channels: they are
+                # the network input's (SkyNet's first bundle), which cannot lose channels
+                group.locked, group.lock_reason = True, "depthwise conv on the network input (its channels are the input's)"
+        # Couplings the model declares because torch-pruning cannot see them (e.g. SkyNet's space-to-depth reorg,
+        # which it takes for an element-wise op): the model's stated reason wins over the generic one.
+        declared: dict[str, str] = dict(getattr(model, "compression_locks", {}) or {})
+        unknown = sorted(set(declared) - set(order))
+        if unknown:
+            raise ValueError(f"{type(model).__name__}.compression_locks names {unknown}, which are not compressible "
+                             f"layers; expected names among {order}")
+        for group in self.groups:
+            reasons = list(dict.fromkeys(declared[m] for m in group.members if m in declared))
+            if reasons:
+                group.locked, group.lock_reason = True, "; ".join(reasons)
 
         self.layers: list[LayerInfo] = []
         for index, name in enumerate(order):

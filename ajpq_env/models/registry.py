@@ -10,6 +10,7 @@ from torch import nn
 from ajpq_env.models.mobilenet_v1 import mobilenet_v1
 from ajpq_env.models.mobilenet_v2 import mobilenet_v2, mobilenet_v2_imagenet
 from ajpq_env.models.resnet_cifar import resnet20
+from ajpq_env.models.skynet import skynet
 
 __all__ = ["MODELS", "build_model"]
 
@@ -20,6 +21,7 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "mobilenet_v2": mobilenet_v2,
     "mobilenet_v2_imagenet": mobilenet_v2_imagenet,
     "resnet20": resnet20,
+    "skynet": skynet,
 }
 
 
