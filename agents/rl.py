@@ -8,14 +8,13 @@ The algorithm learns with its own ``learn()`` loop; two small pieces connect it 
   on an episode boundary (after the previous rollout's training) and at the end of training, and stops
   ``learn()`` when a step would start an episode beyond the budget (on-policy rollouts, for instance).
 
-A checkpoint (:meth:`SB3Agent.save`) holds the model (``model.zip``), the replay buffer, the exploration
-noise's state and the action space's generator; with the global generators that ``ajpq search`` saves, a
-resumed search continues exactly as an uninterrupted one.
+A checkpoint (:meth:`SB3Agent.save`) holds the model's parameters and optimizer states, the replay buffer, the
+exploration noise's state and the action space's generator, all without pickle (:mod:`agents.sb3_state`); with
+the global generators that ``ajpq search`` saves, a resumed search continues exactly as an uninterrupted one.
 """
 
 from __future__ import annotations
 
-import json
 import pickle
 import zipfile
 from collections.abc import Callable, Mapping
@@ -25,15 +24,13 @@ from typing import Any
 import gymnasium as gym
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
-from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 
 from agents.base import SearchAgent, SearchHooks
 from agents.registry import AlgoSpec, get_algorithm, make_model
-from agents.schedule import DecayingTruncatedNormalNoise, SearchSchedule
+from agents.sb3_state import load_model_state, save_model_state
+from agents.schedule import SearchSchedule
 
 __all__ = ["RecordEpisodes", "SB3Agent", "SafePointCallback"]
-
-_MODEL, _BUFFER, _EXTRA = "model.zip", "replay_buffer.pkl", "sb3_state.json"
 
 
 class RecordEpisodes(gym.Wrapper):
@@ -149,31 +146,15 @@ class SB3Agent(SearchAgent):
     def save(self, directory: str | Path) -> None:
         assert self.model is not None
         super().save(directory)
-        directory = Path(directory)
-        self.model.save(directory / _MODEL)
-        if isinstance(self.model, OffPolicyAlgorithm):
-            self.model.save_replay_buffer(directory / _BUFFER)
-        extra: dict[str, Any] = {"action_space_rng": self.model.action_space.np_random.bit_generator.state}
-        noise = getattr(self.model, "action_noise", None)
-        if isinstance(noise, DecayingTruncatedNormalNoise):
-            extra["noise"] = noise.get_state()
-        (directory / _EXTRA).write_text(json.dumps(extra))
+        save_model_state(self.model, Path(directory))
 
     def load(self, directory: str | Path) -> None:
+        """Restore a :meth:`save` into the model built by :meth:`setup`; nothing is unpickled (weights-only
+        tensors, ``allow_pickle=False`` arrays, JSON)."""
         assert self.model is not None and self.env is not None
         directory = Path(directory)
         super().load(directory)
         try:
-            model = type(self.model).load(directory / _MODEL, env=self.model.get_env(), device=self.device)
-            if isinstance(model, OffPolicyAlgorithm):
-                model.load_replay_buffer(directory / _BUFFER)
-            extra = json.loads((directory / _EXTRA).read_text())
-            model.action_space.np_random.bit_generator.state = extra["action_space_rng"]
-            if "noise" in extra:
-                if not isinstance(model.action_noise, DecayingTruncatedNormalNoise):
-                    raise ValueError("the checkpoint has a noise state but the loaded model has no decaying noise")
-                model.action_noise.set_state(extra["noise"])
-        except (OSError, KeyError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile, RuntimeError) as err:
-            raise ValueError(f"cannot load the {self.name} model from {str(directory)!r}: {err}") from None
-        model.tensorboard_log = self.tensorboard_log
-        self.model = model
+            load_model_state(self.model, directory, self.device)
+        except (OSError, KeyError, EOFError, TypeError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
+            raise ValueError(f"cannot load the {self.name} model state from {str(directory)!r}: {err}") from None

@@ -12,6 +12,13 @@ holds the best recipe within the budget; TensorBoard logs go to ``<out>/tb`` (SB
 (:mod:`agents.checkpoint`) are written every ``--checkpoint-every`` episodes and at the end. Without ``--out``
 the run directory is ``runs/<env>__<algo>__s<seed>__<time>``. Programs call :func:`run_search` with a
 :class:`SearchConfig` (and optionally their own env factory).
+
+A new search starts only in a new or empty folder, and marks it as its run folder (``ajpq-run.json``, with the
+run's resolved options). ``--resume`` continues a run folder from its latest checkpoint, or from episode 0 when
+it was stopped before its first one; it compares resolved options (``--target 0.125`` equals an unset target
+whose env default is 0.125) and keeps the schedule of the first session: an unset ``--warmup-episodes`` takes
+the stored warm-up length whatever ``--episodes`` now says. Every option is checked before the env or agent
+loads (:mod:`agents.preflight`), and the checkpoint before anything is written.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
 import time
@@ -37,23 +45,28 @@ from stable_baselines3.common.logger import configure as configure_logger
 from stable_baselines3.common.utils import set_random_seed
 from tqdm.auto import tqdm
 
+from agents import preflight
 from agents.base import SearchAgent, SearchHooks, better
 from agents.checkpoint import (
     CheckpointError,
     Manifest,
-    count_rows,
+    check_csv_prefix,
+    check_new_run_folder,
+    compare_identity,
     load_rng,
     read_manifest,
+    read_run_marker,
     restore_rng,
     truncate_rows,
     write_checkpoint,
+    write_run_marker,
 )
 from agents.registry import ALGORITHMS, ALIASES, DEFAULT_ALGO, agent_names, make_agent, parse_hyperparam
 from agents.schedule import SearchSchedule
 from ajpq_env.compression import Policy
 from ajpq_env.records import EpisodeRecord, RecordWriter
 
-__all__ = ["SearchConfig", "SearchOutcome", "main", "make_env", "parse_args", "run_search"]
+__all__ = ["SearchConfig", "SearchOutcome", "check_options", "main", "make_env", "parse_args", "run_search"]
 
 
 # ---------------------------------------------------------------------- configuration
@@ -67,12 +80,12 @@ class SearchConfig:
 
     env: str = _opt("AJPQ-MobileNet-v0", "a registered env id, or synthetic[-prune|-quant][:<model>] (tiny, random data)")
     algo: str = _opt(DEFAULT_ALGO, "agent: an algorithm of the registry or a baseline (see --list)")
-    episodes: int = _opt(150, "episode budget of the whole run (one episode = one compression policy)")
+    episodes: int = _opt(150, "episode budget of the whole run (one episode = one compression policy), at most 10^7")
     target: float | None = _opt(None, "budget as a ratio of the FP32 model's resource (default: the env's)")
     resource: str | None = _opt(None, "budgeted resource (default: the env's)", choices=("size", "bitops", "macs"))
     seed: int = _opt(0, "seed of the agent and of every global generator")
     out: str | None = _opt(None, "run directory (default runs/<env>__<algo>__s<seed>__<time>)")
-    resume: bool = _opt(False, "continue the run in --out from its latest checkpoint (same options)")
+    resume: bool = _opt(False, "continue the run in --out from its latest checkpoint, or from 0 (same options)")
     checkpoint_every: int = _opt(10, "episodes between checkpoints (one is also written at the end)")
     warmup_episodes: int | None = _opt(None, "episodes of random actions before learning (default min(5, episodes // 5))")
     noise_sigma: float = _opt(0.2, "initial sigma of the truncated-normal exploration noise (0: the YAML's noise)")
@@ -90,42 +103,89 @@ class SearchConfig:
     progress: bool = _opt(True, "show a progress bar")
     verbose: int = _opt(0, "Stable-Baselines3 verbosity")
     device: str = _opt("cpu", "torch device of the agent")
-    threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)")
+    threads: int | None = _opt(None, "torch CPU threads, >= 1 (default: torch's choice)")
 
-    #: options a resume must repeat
+    #: options a resume must repeat (compared as resolved values: see :meth:`identity`)
     IDENTITY: typing.ClassVar[tuple[str, ...]] = (
         "env", "algo", "target", "resource", "seed", "warmup_episodes", "noise_sigma", "noise_decay", "gamma",
         "credit", "schedule", "stage_algo", "prune_target", "hyperparams", "hyperparams_path", "env_kwargs",
     )
+    #: the resolved options known only once the env is built (its default budget)
+    ENV_RESOLVED: typing.ClassVar[tuple[str, ...]] = ("target", "resource")
+    MAX_EPISODES: typing.ClassVar[int] = 10**7
+    MAX_THREADS: typing.ClassVar[int] = 1024
 
     def __post_init__(self) -> None:
         self.algo = ALIASES.get(self.algo, self.algo)
         if self.algo not in agent_names():
             raise ValueError(f"unknown agent {self.algo!r}; valid names: {', '.join(agent_names())}")
-        if self.episodes < 1:
-            raise ValueError(f"--episodes must be >= 1, got {self.episodes}")
-        if self.checkpoint_every < 1:
-            raise ValueError(f"--checkpoint-every must be >= 1, got {self.checkpoint_every}")
+        self.stage_algo = ALIASES.get(self.stage_algo, self.stage_algo)
+        if self.stage_algo not in agent_names() or self.stage_algo == "two-step":
+            raise ValueError(f"--stage-algo: unknown agent {self.stage_algo!r}; valid names: {', '.join(agent_names())}")
+        _check_int("--episodes", self.episodes, 1, self.MAX_EPISODES)
+        _check_int("--checkpoint-every", self.checkpoint_every, 1, self.MAX_EPISODES)
+        if self.warmup_episodes is not None:
+            _check_int("--warmup-episodes", self.warmup_episodes, 0, self.MAX_EPISODES)
+        if self.threads is not None:
+            _check_int("--threads", self.threads, 1, self.MAX_THREADS)
+        _check_int("--seed", self.seed, 0, 2**32 - 1)
+        _check_int("--verbose", self.verbose, 0, 2)
+        for name, value, low, high, low_open in (
+            ("--target", self.target, 0.0, 1.0, True), ("--prune-target", self.prune_target, 0.0, 1.0, True),
+            ("--noise-sigma", self.noise_sigma, 0.0, 10.0, False), ("--noise-decay", self.noise_decay, 0.0, 1.0, True),
+            ("--gamma", self.gamma, 0.0, 1.0, False),
+        ):
+            above_low = value is not None and (value > low if low_open else value >= low)
+            if value is not None and not (math.isfinite(value) and above_low and value <= high):
+                interval = f"{'(' if low_open else '['}{low:g}, {high:g}]"
+                raise ValueError(f"{name} must be a number in {interval}, got {value}")
         if self.resume and self.out is None:
             raise ValueError("--resume needs --out, the run directory to continue")
         for item in self.hyperparams:
-            if "=" not in item:
+            if "=" not in item or not item.partition("=")[0].strip():
                 raise ValueError(f"--hyperparams takes KEY=VALUE items, got {item!r}")
+        try:
+            torch.device(self.device)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"--device: {self.device!r} is not a torch device (e.g. cpu, cuda, cuda:0)") from None
 
-    def identity(self) -> dict[str, Any]:
-        return {key: getattr(self, key) for key in self.IDENTITY}
+    def resolved_warmup(self) -> int | None:
+        """The warm-up length the schedule uses (``None``: schedule off)."""
+        if not self.schedule:
+            return None
+        return self.warmup_episodes if self.warmup_episodes is not None else min(5, self.episodes // 5)
+
+    def identity(self, env: gym.Env | None = None) -> dict[str, Any]:
+        """The options a resume must repeat, as resolved values: aliases resolved, the warm-up length, the parsed
+        ``--env-kwargs`` and ``--hyperparams``, and (given the built ``env``) its budget's target and resource."""
+        identity = {key: getattr(self, key) for key in self.IDENTITY}
+        identity["warmup_episodes"] = self.resolved_warmup()
+        identity["noise_sigma"] = self.noise_sigma if self.schedule and self.noise_sigma else None
+        identity["env_kwargs"] = json.loads(self.env_kwargs) if self.env_kwargs else {}
+        identity["hyperparams"] = {k.strip(): repr(v) for k, v in self.hyperparam_overrides().items()}
+        identity["hyperparams_path"] = str(Path(self.hyperparams_path).resolve()) if self.hyperparams_path else None
+        if self.algo != "two-step":
+            identity["stage_algo"] = identity["prune_target"] = None
+        if env is not None:
+            budget = env.unwrapped.budget
+            identity["target"], identity["resource"] = float(budget.target), str(budget.resource)
+        return identity
 
     def search_schedule(self) -> SearchSchedule:
         if not self.schedule:
             return SearchSchedule.off()
-        warmup = self.warmup_episodes if self.warmup_episodes is not None else min(5, self.episodes // 5)
         return SearchSchedule(
-            warmup_episodes=warmup, noise_sigma=self.noise_sigma or None, noise_decay=self.noise_decay,
-            gamma=self.gamma, credit_final_reward=self.credit,
+            warmup_episodes=self.resolved_warmup(), noise_sigma=self.noise_sigma or None,
+            noise_decay=self.noise_decay, gamma=self.gamma, credit_final_reward=self.credit,
         )
 
     def hyperparam_overrides(self) -> dict[str, Any]:
-        return {key: parse_hyperparam(value) for key, _, value in (item.partition("=") for item in self.hyperparams)}
+        return {key.strip(): parse_hyperparam(value) for key, _, value in (item.partition("=") for item in self.hyperparams)}
+
+
+def _check_int(name: str, value: int, low: int, high: int) -> None:
+    if not low <= value <= high:
+        raise ValueError(f"{name} must be an integer in {low}..{high:,}, got {value}")
 
 
 def _flag_type(hint: Any) -> Any:
@@ -180,26 +240,26 @@ def _print_agents() -> None:
 # ---------------------------------------------------------------------- env and agent
 def make_env(config: SearchConfig) -> gym.Env:
     """The env of ``config``: ``gym.make(id, ...)``, or the synthetic env for ``synthetic[-prune|-quant][:<model>]``."""
-    kwargs: dict[str, Any] = json.loads(config.env_kwargs) if config.env_kwargs else {}
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"--env-kwargs must be a JSON object, got {config.env_kwargs!r}")
+    kwargs = preflight.env_kwargs(config.env, config.env_kwargs)
     if config.target is not None:
         kwargs["target"] = config.target
     if config.resource is not None:
         kwargs["resource"] = config.resource
     stem, _, model = config.env.partition(":")
-    if stem in ("synthetic", "synthetic-prune", "synthetic-quant"):
+    if stem in preflight.SYNTHETIC_STEMS:
         from ajpq_env import AJPQEnv
         from ajpq_env.tasks import synthetic_task
 
-        mode = {"synthetic": "joint", "synthetic-prune": "prune", "synthetic-quant": "quant"}[stem]
-        return AJPQEnv(synthetic_task(model or "mobilenet_v2"), **{"mode": mode, **kwargs})
-    import ajpq_env  # noqa: F401  (registers the ids)
-
-    if config.env not in gym.registry:
-        ids = sorted(i for i in gym.registry if i.startswith("AJPQ"))
-        raise ValueError(f"unknown env {config.env!r}; registered AJPQ ids: {', '.join(ids)}; or synthetic[:<model>]")
+        return AJPQEnv(synthetic_task(model or "mobilenet_v2"), **{"mode": preflight.SYNTHETIC_STEMS[stem], **kwargs})
+    preflight.check_env(config.env, kwargs)
     return gym.make(config.env, **kwargs)
+
+
+def check_options(config: SearchConfig) -> None:
+    """Every check of ``config`` that needs no env, model or agent (see :mod:`agents.preflight`)."""
+    kwargs = preflight.env_kwargs(config.env, config.env_kwargs)
+    preflight.check_env(config.env, kwargs)
+    preflight.check_agent(config.algo, config.stage_algo, config.hyperparam_overrides(), config.hyperparams_path)
 
 
 def build_agent(config: SearchConfig, out: Path) -> SearchAgent:
@@ -235,6 +295,7 @@ class SearchRun(SearchHooks):
         self.walltime_before = start.walltime if start else 0.0
         self.started = time.perf_counter()
         self.extra_callback: Callable[[EpisodeRecord], None] | None = None
+        self.identity: dict[str, Any] = {}  # what the run marker holds; every checkpoint repeats it
         self.writer = RecordWriter(out / "episodes.csv")
         self.logger = configure_logger(str(out / "tb" / "search"), ["tensorboard"])
         self.bar = tqdm(total=config.episodes, initial=self.episodes, unit="ep", desc=config.algo,
@@ -266,7 +327,7 @@ class SearchRun(SearchHooks):
     def on_safe_point(self, agent: SearchAgent) -> None:
         due = self.episodes - max(self.checkpointed, 0) >= self.config.checkpoint_every or agent.done
         if self.episodes != self.checkpointed and due:
-            manifest = Manifest(self.episodes, self.config.identity(), "", self.best.to_row() if self.best else None,
+            manifest = Manifest(self.episodes, self.identity, "", self.best.to_row() if self.best else None,
                                 self.walltime)
             write_checkpoint(self.out, agent, manifest)
             self.checkpointed = self.episodes
@@ -306,64 +367,139 @@ def default_out(config: SearchConfig) -> Path:
     return Path("runs") / f"{env}__{config.algo}__s{config.seed}__{time.strftime('%Y%m%d-%H%M%S')}"
 
 
+@dataclass
+class _Resume:
+    """What a resume starts from, all read and checked before anything is written."""
+
+    config: SearchConfig
+    stored: dict[str, Any]
+    manifest: Manifest | None
+
+
+def _prepare_resume(config: SearchConfig, out: Path) -> _Resume:
+    """Read and check the run folder's marker, manifest, checkpoint files and kept CSV rows; compare the options
+    known without the env. Writes nothing.
+
+    :raises CheckpointError: nothing to resume, a damaged run folder, or other options
+    """
+    stored = read_run_marker(out)
+    if config.warmup_episodes is None and config.schedule and isinstance(stored.get("warmup_episodes"), int):
+        # the schedule is the first session's, whatever --episodes now says
+        config = dataclasses.replace(config, warmup_episodes=stored["warmup_episodes"])
+    now = config.identity()
+    compare_identity(stored, now, out, tuple(k for k in now if k not in SearchConfig.ENV_RESOLVED))
+    if config.algo == "two-step" and stored.get("episodes") != config.episodes:
+        raise CheckpointError(
+            f"two-step splits its episode budget between its stages when the run starts; {str(out)!r} was started "
+            f"with --episodes {stored.get('episodes')}: resume it with that budget"
+        )
+    manifest = read_manifest(out)
+    if manifest is not None:
+        if _jsonable(manifest.identity) != _jsonable(stored):
+            raise CheckpointError(f"corrupt checkpoint in {str(out)!r}: its options differ from the run marker's")
+        if manifest.episodes > config.episodes:
+            raise CheckpointError(
+                f"the checkpoint has {manifest.episodes} episodes, more than --episodes {config.episodes}"
+            )
+    rows = check_csv_prefix(out / "episodes.csv", manifest.episodes if manifest else 0)
+    if manifest is not None and manifest.best is not None and rows[int(manifest.best["episode"])] != manifest.best:
+        raise CheckpointError(
+            f"corrupt checkpoint: its best record (episode {manifest.best['episode']}) differs from that row of "
+            f"{str(out / 'episodes.csv')!r}"
+        )
+    return _Resume(config, stored, manifest)
+
+
+def _jsonable(value: Any) -> Any:
+    return json.loads(json.dumps(value))
+
+
+def _custom_agent(agent: SearchAgent | Callable[[], SearchAgent], config: SearchConfig) -> tuple[SearchAgent, SearchConfig]:
+    """The agent given to :func:`run_search` and ``config`` relabelled with its name (schedule off)."""
+    built = agent if isinstance(agent, SearchAgent) else agent() if callable(agent) else agent
+    if not isinstance(built, SearchAgent):
+        raise TypeError(f"agent= takes a SearchAgent or a zero-argument factory of one, got {type(built).__name__}")
+    if built.name in agent_names() or built.name in ALIASES:
+        raise ValueError(f"agent= is named {built.name!r}, a name of the registry: give the agent another name")
+    config = dataclasses.replace(config, schedule=False)
+    config.algo = built.name  # a label from here on (not a registry name, so not re-validated)
+    return built, config
+
+
 def run_search(
     config: SearchConfig,
     *,
     env_factory: Callable[[SearchConfig], gym.Env] | None = None,
     on_episode: Callable[[EpisodeRecord], None] | None = None,
+    agent: SearchAgent | Callable[[], SearchAgent] | None = None,
 ) -> SearchOutcome:
     """Run (or, with ``config.resume``, continue) the search of ``config``.
+
+    Order: the options are checked (no env yet), then the run folder (a new search needs a new or empty
+    folder; a resume reads and checks its whole checkpoint), then the env and agent are built and the
+    checkpoint's state loaded into them; only then is anything written.
 
     :param env_factory: builds the env from the config (default :func:`make_env`)
     :param on_episode: called after each episode is written (e.g. to stop a run from a program or a test by
         raising ``KeyboardInterrupt``, which ends the session as Ctrl-C does)
-    :raises CheckpointError: ``--resume`` of a missing, corrupt or mismatched checkpoint (nothing is touched)
-    :raises ValueError: a bad option, or a new search into a directory that already holds one
+    :param agent: an agent from outside the registry, searched with instead of ``config.algo``'s: a
+        :class:`~agents.base.SearchAgent` not yet set up, or a zero-argument factory of one. Its ``name`` (not a
+        registry name) replaces ``config.algo`` in the run's name and recorded options, so a resume needs an agent
+        of the same name; the AMC/HAQ schedule options (``--warmup-episodes``...) are for the registry's agents.
+    :raises CheckpointError: ``--resume`` of a missing, corrupt or mismatched run folder (nothing is touched)
+    :raises ValueError: a bad option, or a new search into a folder that is not new or empty (nothing is touched)
     """
+    custom = None
+    if agent is not None:
+        custom, config = _custom_agent(agent, config)
     out = Path(config.out) if config.out else default_out(config)
-    csv_path = out / "episodes.csv"
-    manifest: Manifest | None = None
-    if config.resume:
-        manifest = read_manifest(out, config.identity())
-        if manifest.episodes > config.episodes:
-            raise CheckpointError(
-                f"the checkpoint has {manifest.episodes} episodes, more than --episodes {config.episodes}"
-            )
-        rows = count_rows(csv_path)
-        if rows < manifest.episodes:
-            raise CheckpointError(
-                f"{str(csv_path)!r} has {rows} rows but the checkpoint has {manifest.episodes} episodes: the run "
-                "directory was modified; start a new search"
-            )
-    elif csv_path.exists() or (out / "checkpoint.json").exists():
-        raise ValueError(f"{str(out)!r} already holds a search; pass --resume to continue it, or choose another --out")
+    if env_factory is None:
+        check_options(config)
+    resume = _prepare_resume(config, out) if config.resume else None
+    if resume is None:
+        check_new_run_folder(out)
+    else:
+        config = resume.config
+    manifest = resume.manifest if resume else None
 
     if config.threads is not None:
         torch.set_num_threads(config.threads)
     set_random_seed(config.seed)
     env = (env_factory or make_env)(config)
-    agent = build_agent(config, out)
-    agent.setup(env, episodes=config.episodes, seed=config.seed)
-    if manifest is not None:
-        rng = load_rng(out, manifest)
-        try:
-            agent.load(out / manifest.directory / "agent")
-        except (ValueError, OSError) as err:
-            raise CheckpointError(f"corrupt checkpoint in {str(out)!r}: {err}") from None
-        if agent.episodes_done != manifest.episodes:
-            raise CheckpointError(
-                f"corrupt checkpoint: the agent state has {agent.episodes_done} episodes, the manifest {manifest.episodes}"
-            )
-        restore_rng(rng)
-        # Everything is loaded: only now drop the rows written after the checkpoint and restore its best recipe.
-        truncate_rows(csv_path, manifest.episodes)
-        if manifest.best:
-            _atomic_write(out / "best_recipe.json", json.dumps(json.loads(manifest.best["recipe"]), indent=1))
+    try:
+        identity = config.identity(env)
+        if resume is not None:
+            compare_identity(resume.stored, identity, out, SearchConfig.ENV_RESOLVED)
+        agent = custom if custom is not None else build_agent(config, out)
+        agent.setup(env, episodes=config.episodes, seed=config.seed)
+        if manifest is not None:
+            rng = load_rng(out, manifest)
+            try:
+                agent.load(out / manifest.directory / "agent")
+            except Exception as err:  # noqa: BLE001 (a damaged state can fail anywhere in the agent; nothing is written yet)
+                raise CheckpointError(f"corrupt checkpoint in {str(out)!r}: {err}") from None
+            if agent.episodes_done != manifest.episodes:
+                raise CheckpointError(
+                    f"corrupt checkpoint: the agent state has {agent.episodes_done} episodes, the manifest "
+                    f"{manifest.episodes}"
+                )
+            restore_rng(rng)
+    except BaseException:
+        env.close()
+        raise
+
+    # Everything is checked and loaded: only now write.
+    if resume is None:
+        write_run_marker(out, {**identity, "episodes": config.episodes})
+    else:  # drop the rows written after the checkpoint (all of them when there is none) and restore its best
+        truncate_rows(out / "episodes.csv", manifest.episodes if manifest else 0)
+        if manifest is not None and manifest.best:
+            _atomic_write(out / "best_recipe.json", Policy.from_dict(json.loads(manifest.best["recipe"])).to_json(indent=1))
         else:
             (out / "best_recipe.json").unlink(missing_ok=True)
-    out.mkdir(parents=True, exist_ok=True)
 
     run = SearchRun(config, out, env, manifest)
+    run.identity = resume.stored if resume else {**identity, "episodes": config.episodes}
     run.extra_callback = on_episode
     interrupted = False
     try:
@@ -405,9 +541,15 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         outcome = run_search(config)
-    except (CheckpointError, ValueError) as err:
+    except (CheckpointError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
         print(f"ajpq search: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        out = Path(config.out) if config.out else None
+        started = out is not None and (out / "ajpq-run.json").is_file()
+        hint = f"; run the same command with --resume --out {out} to continue" if started else ""
+        print(f"ajpq search: interrupted before the first episode{hint}", file=sys.stderr)
+        return 130
     console.print(summary_table(config, outcome))
     if outcome.interrupted:
         console.print(f"interrupted: run the same command with --resume --out {outcome.out} to continue", highlight=False)

@@ -103,8 +103,8 @@ def snapshot(out: Path) -> dict[str, bytes]:
     ("damage", "message"),
     [
         (lambda out: (out / "checkpoint.json").write_text("{not json"), "corrupt checkpoint manifest"),
-        (lambda out: next(out.glob("checkpoints/*/agent/model.zip")).write_bytes(b"garbage"), "corrupt checkpoint"),
-        (lambda out: next(out.glob("checkpoints/*/rng.pkl")).write_bytes(b"\x80garbage"), "corrupt checkpoint"),
+        (lambda out: next(out.glob("checkpoints/*/agent/parameters.pt")).write_bytes(b"garbage"), "corrupt checkpoint"),
+        (lambda out: next(out.glob("checkpoints/*/rng.json")).write_bytes(b"\x80garbage"), "corrupt checkpoint"),
         (lambda out: next(out.glob("checkpoints/*/agent/agent.json")).write_text("[]"), "corrupt checkpoint"),
     ],
     ids=["manifest", "model", "rng", "agent-state"],
