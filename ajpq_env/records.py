@@ -69,20 +69,41 @@ class EpisodeRecord:
 
     @classmethod
     def from_row(cls, row: dict[str, str]) -> EpisodeRecord:
+        """The record of a CSV row (:meth:`to_row`); ``ValueError`` naming the first field that is not what the
+        writer writes (a missing field, text for a number, a recipe that is not a JSON object...)."""
+        if not isinstance(row, dict):
+            raise ValueError(f"expected a row (field name -> text), got {type(row).__name__}")
         kwargs: dict[str, Any] = {}
         for f in fields(cls):
             raw = row.get(f.name, "")
-            if f.name in ("recipe", "env_kwargs"):
-                kwargs[f.name] = json.loads(raw) if raw else {}
-            elif f.name in ("seed",):
-                kwargs[f.name] = int(raw) if raw not in ("", "None") else None
-            elif f.name == "episode":
-                kwargs[f.name] = int(raw or 0)
-            elif f.type in ("float", float):
-                kwargs[f.name] = float(raw) if raw else math.nan
-            else:
-                kwargs[f.name] = raw
+            if not isinstance(raw, str):
+                raise ValueError(f"field {f.name!r} must be text, got {type(raw).__name__}")
+            try:
+                kwargs[f.name] = _parse_field(f.name, f.type, raw)
+            except ValueError as err:
+                raise ValueError(f"field {f.name!r}: {err}") from None
         return cls(**kwargs)
+
+
+def _parse_field(name: str, kind: Any, raw: str) -> Any:
+    if name in ("recipe", "env_kwargs"):
+        value = json.loads(raw) if raw else {}
+        if not isinstance(value, dict):
+            raise ValueError(f"expected a JSON object, got {raw[:40]!r}")
+        return value
+    if name in ("seed", "episode"):
+        if name == "seed" and raw in ("", "None"):
+            return None
+        value = int(raw or 0)
+        if name == "episode" and value < 0:
+            raise ValueError(f"expected an episode number >= 0, got {raw!r}")
+        return value
+    if kind in ("float", float):
+        value = float(raw) if raw else math.nan
+        if math.isinf(value):
+            raise ValueError(f"expected a finite number (or empty / nan), got {raw!r}")
+        return value
+    return raw
 
 
 @dataclass
@@ -135,7 +156,36 @@ class RecordWriter:
 
 
 def read_records(path: str | Path) -> Iterator[EpisodeRecord]:
-    """The records of a CSV written by :class:`RecordWriter`."""
+    """The records of a CSV written by :class:`RecordWriter`, checked row by row.
+
+    :raises ValueError: naming the file and line: not the record header, a row with another number of fields,
+        a field that does not parse, or an unfinished last row (a writer killed in the middle of it)
+    """
+    path = Path(path)
+    expected = [f.name for f in fields(EpisodeRecord)]
     with open(path, newline="") as f:
-        for row in csv.DictReader(f):
-            yield EpisodeRecord.from_row(row)
+        text = f.read()
+    lines = text.split("\n")
+    if not text:
+        raise ValueError(f"{str(path)!r} is empty; expected the header {','.join(expected)}")
+    for number, line in enumerate(lines, start=1):
+        line = line.removesuffix("\r")
+        if number == len(lines):
+            if line:
+                raise ValueError(f"{str(path)!r} line {number}: the last row is unfinished (no line end: a search "
+                                 "stopped while writing it); `ajpq search --resume` drops it")
+            return
+        try:
+            values = next(csv.reader([line]), [])
+        except csv.Error as err:
+            raise ValueError(f"{str(path)!r} line {number}: {err}") from None
+        if number == 1:
+            if values != expected:
+                raise ValueError(f"{str(path)!r} line 1: not an episodes.csv header; expected {','.join(expected)}")
+            continue
+        if len(values) != len(expected):
+            raise ValueError(f"{str(path)!r} line {number}: {len(values)} fields, expected {len(expected)}")
+        try:
+            yield EpisodeRecord.from_row(dict(zip(expected, values, strict=True)))
+        except ValueError as err:
+            raise ValueError(f"{str(path)!r} line {number}: {err}") from None

@@ -4,13 +4,17 @@ Every field of the dataclass is one option (``snake_case`` -> ``--kebab-case``);
 ``metadata["help"]`` plus its default (unless the help states it). A field without a default is a required
 option, one with ``metadata["positional"]`` a positional argument. Supported field types: ``int``, ``float``,
 ``str``, ``Path``, ``bool`` (``--x`` when the default is ``False``, else ``--x`` / ``--no-x``) and ``X | None``
-of those (``none`` on the command line is ``None``); ``metadata["choices"]`` restricts the values.
+of those (``none`` on the command line is ``None``); ``metadata["choices"]`` restricts the values, and
+``low`` / ``high`` bound a number (inclusive). Every float must be finite: ``nan`` and ``inf`` are usage errors
+(exit code 2), as is a number out of its bounds, before anything is loaded.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
+import os
 import types
 import typing
 from pathlib import Path
@@ -18,15 +22,20 @@ from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["build_parser", "existing_file", "option", "parse_config", "parse_configs", "set_threads"]
+__all__ = ["MAX_THREADS", "build_parser", "check_output_folder", "existing_file", "finite", "option", "parse_config",
+           "parse_configs", "set_threads"]
+
+#: the largest ``--threads`` accepted
+MAX_THREADS = 1024
 
 T = TypeVar("T")
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, positional: bool = False,
-           choices: tuple[Any, ...] | None = None, metavar: str | None = None) -> Any:
+           choices: tuple[Any, ...] | None = None, metavar: str | None = None, low: float | None = None,
+           high: float | None = None) -> Any:
     """A dataclass field documented for the command line (see the module docstring)."""
-    meta = {"help": help, "positional": positional, "choices": choices, "metavar": metavar}
+    meta = {"help": help, "positional": positional, "choices": choices, "metavar": metavar, "low": low, "high": high}
     return dataclasses.field(default=default, metadata=meta)
 
 
@@ -40,9 +49,31 @@ def _base_type(annotation: Any) -> tuple[type, bool]:
     return annotation, False
 
 
-def _none_or(kind: type) -> Any:
+def finite(value: float, name: str, low: float | None = None, high: float | None = None) -> float:
+    """``value`` when it is a finite number within ``[low, high]``; ``ValueError`` naming ``name`` otherwise."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"{name} must lie in [{'-inf' if low is None else f'{low:g}'}, "
+                         f"{'inf' if high is None else f'{high:g}'}], got {value!r}")
+    return value
+
+
+def _converter(kind: type, optional: bool, low: float | None, high: float | None) -> Any:
     def convert(text: str) -> Any:
-        return None if text.lower() in ("", "none") else kind(text)
+        if optional and text.lower() in ("", "none"):
+            return None
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a ' + kind.__name__}, "
+                                             f"got {text!r}") from None
+        if kind in (int, float):
+            try:
+                finite(value, "the value", low, high)
+            except ValueError as err:
+                raise argparse.ArgumentTypeError(f"{str(err).removeprefix('the value ')}") from None
+        return value
 
     convert.__name__ = kind.__name__  # argparse names the type in its error messages
     return convert
@@ -59,8 +90,9 @@ def _add_fields(parser: argparse.ArgumentParser | argparse._ArgumentGroup, confi
             kwargs["choices"] = meta["choices"]
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]
+        convert = _converter(kind, optional, meta.get("low"), meta.get("high"))
         if meta.get("positional"):
-            parser.add_argument(f.name, type=kind, help=help_text, **kwargs)
+            parser.add_argument(f.name, type=convert, help=help_text, **kwargs)
             continue
         flag = "--" + f.name.replace("_", "-")
         required = f.default is dataclasses.MISSING
@@ -71,8 +103,7 @@ def _add_fields(parser: argparse.ArgumentParser | argparse._ArgumentGroup, confi
             action = "store_true" if default is False else argparse.BooleanOptionalAction
             parser.add_argument(flag, action=action, default=default, help=help_text)
             continue
-        parser.add_argument(flag, type=_none_or(kind) if optional else kind, default=default, required=required,
-                            help=help_text, **kwargs)
+        parser.add_argument(flag, type=convert, default=default, required=required, help=help_text, **kwargs)
 
 
 def build_parser(
@@ -101,14 +132,29 @@ def parse_configs(configs: list[tuple[str | None, type]], argv: list[str] | None
 
 def set_threads(threads: int) -> None:
     """``torch.set_num_threads(threads)`` when ``threads > 0``; 0 keeps torch's default."""
-    if threads < 0:
-        raise ValueError(f"threads must be >= 0 (0 = torch's default), got {threads}")
+    if not 0 <= threads <= MAX_THREADS:
+        raise ValueError(f"threads must lie in 0..{MAX_THREADS} (0 = torch's default), got {threads}")
     if threads:
         torch.set_num_threads(threads)
 
 
 def existing_file(path: Path, what: str) -> Path:
     """``path`` when it is a file; otherwise a ``FileNotFoundError`` that names ``what`` was looked for."""
+    if path.is_dir():
+        raise FileNotFoundError(f"{what} {str(path)!r} is a folder, not a file")
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
     return path
+
+
+def check_output_folder(path: Path, option: str) -> None:
+    """``ValueError`` unless ``path`` is a folder, or can be created as one, that this user can write."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a file; expected a folder (it is created when missing)")
+    parent = path
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"{option} {str(path)!r} cannot be created: {str(parent)!r} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{option} {str(path)!r} is not writable: {str(parent)!r} does not allow it")

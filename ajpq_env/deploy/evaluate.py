@@ -24,7 +24,7 @@ from ajpq_env.compression import CostModel, Policy, packed
 from ajpq_env.deploy._cli import existing_file, option, parse_config, set_threads
 from ajpq_env.deploy.export import MANIFEST_FILE
 from ajpq_env.deploy.onnx_export import onnx_session
-from ajpq_env.deploy.resolve import Architecture, load_splits, recipe_task_name
+from ajpq_env.deploy.resolve import Architecture, check_recipe_data, load_splits, recipe_task_name
 from ajpq_env.tasks import Split
 
 __all__ = ["ArtefactEvaluation", "EvaluateArgs", "evaluate_artefact", "main", "run_onnx", "run_torch"]
@@ -147,9 +147,35 @@ class EvaluateArgs:
     task: str | None = option(None, "task whose data to use; default: the one in the artefact (another is refused)")
     data: str | None = option(None, "data set root (CIFAR-10); default $AJPQ_DATA")
     split: str = option("test", "data split to evaluate", choices=("test", "search", "train"))
-    batch_size: int = option(500, "samples per forward pass")
+    batch_size: int = option(500, "samples per forward pass, 1..65536", low=1, high=65_536)
     json: Path | None = option(None, "write the results here; default: evaluate.json next to the artefact")
-    threads: int = option(0, "CPU threads of torch and onnxruntime (0 = torch's default)")
+    threads: int = option(0, "CPU threads of torch and onnxruntime (0 = torch's default)", low=0, high=1024)
+
+
+def _check_onnx(path: Path) -> None:
+    """Open ``path`` with onnxruntime once, so that a corrupt file is a clear error before any data loads."""
+    existing_file(path, "ONNX file")
+    try:
+        onnx_session(path)
+    except ModuleNotFoundError:
+        raise
+    except Exception as err:  # noqa: BLE001 (onnxruntime's own exception classes for unreadable models)
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ValueError(f"ONNX file {str(path)!r} cannot be loaded by onnxruntime ({first}); re-export it, or pass "
+                         "--no-onnx") from None
+
+
+def _read_manifest(path: Path) -> dict[str, Any]:
+    """``export.json`` when it is a readable JSON object (it only adds a line to the printout), else ``{}``."""
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
+        return {}
+    metrics = {k: v for k, v in data.get("metrics", {}).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    return {**data, "metrics": metrics, "source": source}
 
 
 def _print(result: ArtefactEvaluation, manifest: dict[str, Any]) -> None:
@@ -176,23 +202,33 @@ def main(argv: list[str] | None = None) -> int:
                                     "through onnxruntime on the task's test split.")
     try:
         set_threads(args.threads)
+        existing_file(args.artefact, "ARTEFACT (the model.ajpq file written by `ajpq export`)")
+        out = args.json or args.artefact.parent / "evaluate.json"
+        if out.is_dir():
+            raise ValueError(f"--json {str(out)!r} is a folder; expected a file name")
         header, _ = packed.read_header(args.artefact)
+        if not isinstance(header.get("recipe"), dict):
+            raise ValueError(f"artefact {str(args.artefact)!r} holds no recipe in its header")
+        check_recipe_data(header["recipe"], f"the recipe in artefact {str(args.artefact)!r}")
         policy = Policy.from_dict(header["recipe"])
         name = recipe_task_name(policy, args.task, source=f"artefact {str(args.artefact)!r}")
         split = load_splits(name, data_root=args.data)[args.split]
         onnx_path = None if args.no_onnx else args.onnx
         if onnx_path is None and not args.no_onnx and args.artefact.with_suffix(".onnx").is_file():
             onnx_path = args.artefact.with_suffix(".onnx")
+        if onnx_path is not None:
+            _check_onnx(onnx_path)
         result = evaluate_artefact(args.artefact, split, onnx_path=onnx_path, split_name=args.split,
                                    batch_size=args.batch_size)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"ajpq evaluate: error: {err}", file=sys.stderr)
         return 2
-    manifest_path = args.artefact.parent / MANIFEST_FILE
-    manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
-    _print(result, manifest)
-    out = args.json or args.artefact.parent / "evaluate.json"
-    out.write_text(json.dumps(result.to_dict(), indent=1))
+    _print(result, _read_manifest(args.artefact.parent / MANIFEST_FILE))
+    try:
+        out.write_text(json.dumps(result.to_dict(), indent=1))
+    except OSError as err:
+        print(f"ajpq evaluate: error: cannot write {str(out)!r}: {err}", file=sys.stderr)
+        return 2
     print(f"wrote {out}")
     return 0 if result.size_matches else 1
 

@@ -29,7 +29,7 @@ from torch import nn
 
 from ajpq_env.compression import CompressionGraph, CostModel, Policy, packed
 from ajpq_env.compression.qat import grid_errors
-from ajpq_env.deploy._cli import option, parse_config, set_threads
+from ajpq_env.deploy._cli import check_output_folder, option, parse_config, set_threads
 from ajpq_env.deploy.checkpoint import MODEL_FILE, Finetuned
 from ajpq_env.deploy.onnx_export import ONNX_FORMATS, export_onnx
 from ajpq_env.deploy.resolve import Architecture, fit_recipe, load_recipe, recipe_task_name, resolve_task
@@ -128,7 +128,7 @@ class ExportArgs:
     task: str | None = option(None, "recipe source only: task name; default: the recipe's meta['task']")
     data: str | None = option(None, "recipe source only: data set root (BatchNorm calibration); default $AJPQ_DATA")
     weights: str | None = option(None, "recipe source only: FP32 weights; default: packaged, then $AJPQ_WEIGHTS")
-    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)", low=0, high=1024)
 
 
 def _is_checkpoint(source: Path) -> bool:
@@ -144,6 +144,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         set_threads(args.threads)
         source = args.source
+        if not source.exists():
+            raise FileNotFoundError(f"SOURCE {str(source)!r} does not exist; expected a fine-tuning folder (or its "
+                                    "model.pt), a recipe JSON or a run folder holding best_recipe.json")
+        folder = source if source.is_dir() else source.parent
+        out = args.out or (folder.parent / "export" if _is_checkpoint(source) else folder / "export")
+        check_output_folder(out, "--out")
         if _is_checkpoint(source):
             tuned = Finetuned.load(source)
             model, policy, architecture = tuned.model, tuned.policy, tuned.architecture
@@ -163,7 +169,6 @@ def main(argv: list[str] | None = None) -> int:
             folder = recipe_path.parent
             metrics = {"search": task.evaluate(model, "search")}  # what the search reported for this recipe
             extra = {"source": {"kind": "recipe", "path": str(recipe_path)}, "metrics": metrics}
-        out = args.out or (folder.parent / "export" if extra["source"]["kind"] == "finetuned" else folder / "export")
         manifest = export_model(model, policy, architecture, out, onnx_format=onnx_format, extra=extra)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"ajpq export: error: {err}", file=sys.stderr)

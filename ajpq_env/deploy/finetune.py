@@ -35,7 +35,7 @@ from tqdm.auto import tqdm
 
 from ajpq_env.compression import CompressionGraph, Policy, compress
 from ajpq_env.compression.qat import freeze, grid_errors, prepare_qat
-from ajpq_env.deploy._cli import option, parse_configs, set_threads
+from ajpq_env.deploy._cli import check_output_folder, finite, option, parse_configs, set_threads
 from ajpq_env.deploy.checkpoint import Finetuned
 from ajpq_env.deploy.resolve import Architecture, fit_recipe, load_recipe, recipe_task_name, resolve_task
 from ajpq_env.envs.evaluator import recalibrate_batchnorm
@@ -51,35 +51,38 @@ AUGMENTATION: dict[str, tuple[int, bool]] = {"cifar10": (4, True), "mnist5k": (2
 class FinetuneConfig:
     """Settings of quantization-aware fine-tuning."""
 
-    epochs: int = option(5, "passes over the training split (or over --samples-per-epoch samples)")
-    batch_size: int = option(128, "training batch size (samples)")
-    lr: float = option(0.01, "peak learning rate; a per-step cosine schedule takes it to 0")
-    momentum: float = option(0.9, "SGD Nesterov momentum")
-    weight_decay: float = option(5e-5, "L2 penalty on conv/linear weights (not on BatchNorm or biases)")
-    samples_per_epoch: int | None = option(None, "training samples drawn per epoch; default: the whole train split")
-    crop_pad: int | None = option(None, "random-crop padding (pixels); default per data set: CIFAR-10 4, MNIST 2")
+    epochs: int = option(5, "passes over the training split (or over --samples-per-epoch samples), 1..10000",
+                         low=1, high=10_000)
+    batch_size: int = option(128, "training batch size (samples), 2..65536: BatchNorm needs 2", low=2, high=65_536)
+    lr: float = option(0.01, "peak learning rate in (0, 10]; a per-step cosine schedule takes it to 0", low=0.0,
+                       high=10.0)
+    momentum: float = option(0.9, "SGD Nesterov momentum, in [0, 1)", low=0.0, high=0.999_999)
+    weight_decay: float = option(5e-5, "L2 penalty on conv/linear weights (not on BatchNorm or biases), in [0, 1]",
+                                 low=0.0, high=1.0)
+    samples_per_epoch: int | None = option(None, "training samples drawn per epoch (>= 2); default: the whole train "
+                                                 "split", low=2, high=10**9)
+    crop_pad: int | None = option(None, "random-crop padding (pixels, 0..64); default per data set: CIFAR-10 4, MNIST 2",
+                                  low=0, high=64)
     flip: bool | None = option(None, "random horizontal flips; default per data set: on for CIFAR-10")
-    bn_recalibration_batches: int = option(8, "clean training batches to re-estimate BatchNorm statistics at the end")
-    eval_batch_size: int = option(500, "batch size of evaluation passes (samples)")
+    bn_recalibration_batches: int = option(8, "clean training batches to re-estimate BatchNorm statistics at the end "
+                                              "(0..10000)", low=0, high=10_000)
+    eval_batch_size: int = option(500, "batch size of evaluation passes (samples), 1..65536", low=1, high=65_536)
     evaluate_search: bool = option(True, "measure the search split after each epoch")
     evaluate_baselines: bool = option(True, "also measure the FP32 model and the un-fine-tuned recipe on test")
-    seed: int = option(0, "seeds shuffling and augmentation")
+    seed: int = option(0, "seeds shuffling and augmentation", low=0, high=2**63 - 1)
     progress: bool = option(True, "show a progress bar")
 
     def check(self) -> None:
-        """Raise ``ValueError`` naming the first setting out of range."""
-        positive = {"epochs": self.epochs, "batch_size": self.batch_size, "eval_batch_size": self.eval_batch_size}
-        for name, value in positive.items():
-            if value < 1:
-                raise ValueError(f"{name} must be >= 1, got {value}")
-        for name, value in {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
-                            "bn_recalibration_batches": self.bn_recalibration_batches,
-                            "crop_pad": self.crop_pad or 0}.items():
-            if value < 0:
-                raise ValueError(f"{name} must be >= 0, got {value}")
-        if self.samples_per_epoch is not None and self.samples_per_epoch < 2:
-            raise ValueError(f"samples_per_epoch must be >= 2 (BatchNorm needs 2 samples), "
-                             f"got {self.samples_per_epoch}")
+        """Raise ``ValueError`` naming the first setting that is not a finite number within the bounds of its
+        field (the command line checks the same bounds while parsing): ``lr=nan`` would write NaN weights, and
+        ``batch_size=1`` would skip every step (BatchNorm cannot normalise one sample)."""
+        for f in dataclasses.fields(self):
+            value, low, high = getattr(self, f.name), f.metadata.get("low"), f.metadata.get("high")
+            if value is None or isinstance(value, bool) or (low is None and high is None):
+                continue
+            finite(value, f.name, low, high)
+        if not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
 
 
 def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
@@ -233,7 +236,7 @@ class FinetuneArgs:
     data: str | None = option(None, "data set root (CIFAR-10); default $AJPQ_DATA")
     weights: str | None = option(None, "FP32 weights file or folder; default: packaged, then $AJPQ_WEIGHTS")
     out: Path | None = option(None, "output folder; default: <recipe folder>/finetune")
-    threads: int = option(0, "torch CPU threads (0 = torch's default)")
+    threads: int = option(0, "torch CPU threads (0 = torch's default)", low=0, high=1024)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -245,13 +248,16 @@ def main(argv: list[str] | None = None) -> int:
                     "measured on the task's test split.",
     )
     try:
+        config.check()
         set_threads(args.threads)
         recipe_path = args.recipe / "best_recipe.json" if args.recipe.is_dir() else args.recipe
         policy = load_recipe(recipe_path)
         name = recipe_task_name(policy, args.task, source=f"recipe {str(recipe_path)!r}")
+        out = args.out or recipe_path.parent / "finetune"
+        check_output_folder(out, "--out")
         task = resolve_task(name, data_root=args.data, weights=args.weights)
         result = finetune(task, policy, config)
-        out = result.save(args.out or recipe_path.parent / "finetune")
+        out = result.save(out)
     except (ValueError, FileNotFoundError) as err:
         print(f"ajpq finetune: error: {err}", file=sys.stderr)
         return 2

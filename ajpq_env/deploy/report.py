@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 from ajpq_env.compression import CostModel, Policy
-from ajpq_env.deploy._cli import option, parse_config
-from ajpq_env.deploy.resolve import task_architecture
+from ajpq_env.deploy._cli import check_output_folder, option, parse_config
+from ajpq_env.deploy.resolve import check_recipe_data, fit_recipe, load_recipe, task_architecture
 from ajpq_env.records import EpisodeRecord, read_records
 
 __all__ = ["ReportArgs", "layer_rows", "main", "pareto_front", "plot_layers", "plot_search", "write_report"]
@@ -179,8 +179,21 @@ def plot_search(records: list[EpisodeRecord], path: str | os.PathLike[str], best
     return path
 
 
+class _BadFile(ValueError):
+    """A summary file that is not a JSON object (the message names it)."""
+
+
 def _read_json(path: Path) -> dict[str, Any]:
-    return json.loads(path.read_text()) if path.is_file() else {}
+    """The JSON object in ``path`` (``{}`` when absent); ``ValueError`` naming the file when it is not one."""
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise _BadFile(f"{str(path)!r} is not readable JSON ({err}); remove it or write it again") from None
+    if not isinstance(data, dict):
+        raise _BadFile(f"{str(path)!r} must hold a JSON object, got {type(data).__name__}")
+    return data
 
 
 def _pct(value: float | None) -> str:
@@ -190,6 +203,8 @@ def _pct(value: float | None) -> str:
 def write_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str] | None = None) -> Path:
     """Write ``report.md``, ``search.png`` and ``layers.png`` for ``run_dir``; return the Markdown file's path."""
     run = Path(run_dir)
+    if not run.is_dir():
+        raise FileNotFoundError(f"run folder {str(run)!r} does not exist or is not a folder")
     episodes = run / "episodes.csv"
     if not episodes.is_file():
         raise FileNotFoundError(f"no episodes.csv in run folder {str(run)!r}; expected the CSV that a search "
@@ -197,12 +212,23 @@ def write_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     records = list(read_records(episodes))
     if not records:
         raise ValueError(f"{str(episodes)!r} holds no episodes yet")
+    tasks = sorted({r.task for r in records})
+    if len(tasks) != 1:
+        raise ValueError(f"{str(episodes)!r} mixes the episodes of tasks {tasks}; a run folder holds one search")
+    for r in records:
+        if r.recipe:
+            check_recipe_data(r.recipe, f"{str(episodes)!r} episode {r.episode}")
     recipe_path = run / "best_recipe.json"
     note = ""
     if recipe_path.is_file():
-        policy = Policy.load(recipe_path)
+        policy = load_recipe(recipe_path)
+        if policy.meta.get("task") not in (None, tasks[0]):
+            raise ValueError(f"{str(recipe_path)!r} is a recipe of task {policy.meta.get('task')!r}, but the episodes "
+                             f"in {str(episodes)!r} are of task {tasks[0]!r}; a report needs both from one search")
     else:  # say so in the report rather than guess silently
         top = max(range(len(records)), key=lambda i: records[i].reward if math.isfinite(records[i].reward) else -1e300)
+        if not records[top].recipe:
+            raise ValueError(f"{str(episodes)!r} holds no recipe and the run folder no best_recipe.json")
         policy = Policy.from_dict(records[top].recipe)
         note = (f"> `best_recipe.json` is missing; the per-layer plot shows episode {records[top].episode} "
                 "(best reward).\n")
@@ -213,19 +239,24 @@ def write_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
         architecture = task_architecture(task, str(policy.meta.get("importance", "l1")))
     except ValueError:
         architecture = None
+    if architecture is not None:
+        fit_recipe(policy, architecture.graph(), task=task, model=architecture.builder,
+                   source=f"the best recipe of {str(run)!r}")
     rows = layer_rows(policy, architecture)
 
     out = Path(out_dir) if out_dir is not None else run / "report"
+    check_output_folder(out, "--out")
+    sections = _deploy_sections(run)
     out.mkdir(parents=True, exist_ok=True)
     plot_search(records, out / "search.png", best, title=f"{task}: {len(records)} episodes")
     plot_layers(rows, out / "layers.png", title=f"best recipe: {policy!r}")
-    md = _markdown(run, records, policy, rows, best, task, note, out)
+    md = _markdown(run, records, policy, rows, best, task, note, out, sections)
     (out / "report.md").write_text(md)
     return out / "report.md"
 
 
 def _markdown(run: Path, records: list[EpisodeRecord], policy: Policy, rows: list[dict[str, Any]],
-              best: int | None, task: str, note: str, out: Path) -> str:
+              best: int | None, task: str, note: str, out: Path, sections: list[str]) -> str:
     first = records[0]
     agents = sorted({r.agent for r in records if r.agent})
     seeds = sorted({r.seed for r in records if r.seed is not None})
@@ -245,7 +276,7 @@ def _markdown(run: Path, records: list[EpisodeRecord], policy: Policy, rows: lis
     total = sum(r["out"] for r in rows)
     lines += [f"{kept}/{total} channels kept ({1 - kept / total:.1%} pruned), mean {policy.mean_bits():.2f} bits per "
               f"kept channel, recipe digest `{policy.digest()[:12]}`.", ""]
-    lines += _deploy_sections(run)
+    lines += sections
     sizes = np.array([r.size_ratio for r in records])
     metrics = np.array([r.metric for r in records])
     ok = np.flatnonzero(np.isfinite(sizes) & np.isfinite(metrics))
@@ -273,7 +304,19 @@ def _rel(path: Path, base: Path) -> str:
 
 
 def _deploy_sections(run: Path) -> list[str]:
-    """Summaries of ``finetune/finetune.json``, ``export/export.json`` and ``export/evaluate.json`` if present."""
+    """Summaries of ``finetune/finetune.json``, ``export/export.json`` and ``export/evaluate.json`` if present;
+    ``ValueError`` naming the file when one is not what those commands write."""
+    files = {"finetune/finetune.json", "export/export.json", "export/evaluate.json"}
+    try:
+        return _deploy_lines(run)
+    except _BadFile:
+        raise
+    except (KeyError, TypeError, AttributeError, ValueError) as err:  # a field missing or of another type
+        raise ValueError(f"one of {sorted(files)} in {str(run)!r} is not what `ajpq finetune` / `export` / `evaluate` "
+                         f"write ({type(err).__name__}: {err}); remove it or write it again") from None
+
+
+def _deploy_lines(run: Path) -> list[str]:
     lines: list[str] = []
     tuned = _read_json(run / "finetune" / "finetune.json")
     if tuned:

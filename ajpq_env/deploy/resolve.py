@@ -7,10 +7,17 @@ layer by layer against the model's compression graph.
 
 Task names are those of :data:`ajpq_env.tasks.TASKS`, plus ``synthetic-<model>`` for the tiny random task of
 :func:`ajpq_env.tasks.synthetic_task` (random weights and data; for tests and demos).
+
+A recipe file is checked before it is used (:func:`check_recipe_data`): at most :data:`MAX_RECIPE_BYTES`, bit-widths
+that are JSON integers (``"4"`` or ``null`` are refused, not cast), and every ``meta`` entry that a deploy step
+obeys of the right type and within :data:`RECIPE_META_LIMITS` (``finetune_steps`` 1e9 would make ``ajpq export``
+run for days): a recipe may come from anyone.
 """
 
 from __future__ import annotations
 
+import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,12 +27,27 @@ import torch
 from torch import nn
 
 from ajpq_env import tasks
-from ajpq_env.compression import B_MAX, B_MIN, CompressionGraph, Policy
+from ajpq_env.compression import B_MAX, B_MIN, IMPORTANCES, CompressionGraph, Policy
+from ajpq_env.compression.policy import RECIPE_FORMAT
 from ajpq_env.models import MODELS, build_model
 from ajpq_env.tasks import SYNTHETIC_PREFIX, TASKS, Split, Task, load_task, synthetic_task
 
-__all__ = ["SYNTHETIC_PREFIX", "Architecture", "check_recipe", "fit_recipe", "load_recipe", "load_splits",
-           "recipe_task_name", "resolve_task", "task_architecture"]
+__all__ = ["MAX_RECIPE_BYTES", "RECIPE_META_LIMITS", "SYNTHETIC_PREFIX", "Architecture", "check_recipe",
+           "check_recipe_data", "fit_recipe", "load_recipe", "load_splits", "recipe_task_name", "resolve_task",
+           "task_architecture"]
+
+#: the largest recipe file read (a MobileNetV2 recipe is about 20 kB)
+MAX_RECIPE_BYTES = 16 * 2**20
+#: ``meta`` entries of a recipe that deploy steps obey: ``(type, low, high)`` for numbers, or the allowed values.
+#: ``finetune_steps`` and the calibration settings are what ``ajpq export`` runs for a recipe source.
+RECIPE_META_LIMITS: dict[str, tuple[type, float, float] | tuple[str, ...]] = {
+    "b_min": (int, 1, 8), "b_max": (int, 1, 8), "fixed_bits": (int, 1, 8), "a_bits": (int, 1, 32),
+    "num_buckets": (int, 1, 64), "channel_round": (int, 1, 4096),
+    "bn_calibration_batches": (int, 0, 1000), "calibration_batch_size": (int, 1, 4096),
+    "finetune_steps": (int, 0, 10_000), "finetune_lr": (float, 0.0, 10.0), "eval_batch_size": (int, 1, 65_536),
+    "target": (float, 0.0, 1.0), "max_sparsity": (float, 0.0, 1.0),
+    "importance": tuple(IMPORTANCES), "resource": ("size", "bitops", "macs"), "mode": ("joint", "prune", "quant", "fixed"),
+}
 
 
 def _known_tasks() -> str:
@@ -158,6 +180,7 @@ def check_recipe(policy: Policy, task: str, model: str, *, source: str = "the re
 def fit_recipe(policy: Policy, graph: CompressionGraph, *, task: str, model: str, source: str = "the recipe") -> None:
     """:func:`check_recipe`, then validate the bit-widths against ``graph`` (range from ``meta`` b_min/b_max)."""
     check_recipe(policy, task, model, source=source)
+    check_recipe_data(policy.to_dict(), source)
     b_min = int(policy.meta.get("b_min", B_MIN))
     b_max = int(policy.meta.get("b_max", B_MAX))
     try:
@@ -166,12 +189,64 @@ def fit_recipe(policy: Policy, graph: CompressionGraph, *, task: str, model: str
         raise ValueError(f"{source} does not fit task {task!r} (model {model!r}): {err}") from None
 
 
+def check_recipe_data(data: object, source: str = "the recipe") -> None:
+    """Check a recipe's JSON value before it becomes a :class:`~ajpq_env.compression.Policy`.
+
+    :raises ValueError: naming ``source`` and the entry: not the recipe format, a bit-width that is not a JSON
+        integer in 0..32, a ``meta`` entry of the wrong type or outside :data:`RECIPE_META_LIMITS`
+    """
+    if not isinstance(data, dict) or data.get("format") != RECIPE_FORMAT or not isinstance(data.get("layers"), dict):
+        found = data.get("format") if isinstance(data, dict) else type(data).__name__
+        raise ValueError(f"{source} is not an AJPQ recipe: expected a JSON object with format {RECIPE_FORMAT!r} and "
+                         f"'layers', got {found!r}")
+    for name, bits in data["layers"].items():
+        if not isinstance(bits, list) or not bits:
+            raise ValueError(f"{source}: layer {name!r} must be a non-empty list of bit-widths, got {type(bits).__name__}")
+        bad = [b for b in bits if type(b) is not int or not 0 <= b <= 32]  # type(): a JSON true is no bit-width
+        if bad:
+            raise ValueError(f"{source}: layer {name!r} has bit-width {json.dumps(bad[0])}; expected JSON integers in "
+                             "0..32 (0 = pruned), such as 4, not \"4\" or null")
+    meta = data.get("meta", {})
+    if meta is None:
+        return
+    if not isinstance(meta, dict):
+        raise ValueError(f"{source}: 'meta' must be a JSON object, got {type(meta).__name__}")
+    for key in ("task", "model"):
+        if key in meta and meta[key] is not None and not isinstance(meta[key], str):
+            raise ValueError(f"{source}: meta[{key!r}] must be a string, got {json.dumps(meta[key])}")
+    for key, limit in RECIPE_META_LIMITS.items():
+        if key not in meta or meta[key] is None:
+            continue
+        value = meta[key]
+        if isinstance(limit[0], type):
+            kind, low, high = limit
+            ok = not isinstance(value, bool) and (isinstance(value, int) if kind is int else
+                                                  isinstance(value, int | float) and math.isfinite(value))
+            if not ok or not low <= value <= high:
+                what = "an integer" if kind is int else "a finite number"
+                raise ValueError(f"{source}: meta[{key!r}] must be {what} in {low:g}..{high:g}, got {json.dumps(value)}")
+        elif value not in limit:
+            raise ValueError(f"{source}: meta[{key!r}] must be one of {list(limit)}, got {json.dumps(value)}")
+    if isinstance(meta.get("b_min"), int) and isinstance(meta.get("b_max"), int) and meta["b_min"] > meta["b_max"]:
+        raise ValueError(f"{source}: meta b_min {meta['b_min']} is larger than b_max {meta['b_max']}")
+
+
 def load_recipe(path: str | os.PathLike[str]) -> Policy:
-    """Read a recipe JSON file (``FileNotFoundError`` / ``ValueError`` name the file)."""
+    """Read and check a recipe JSON file (``FileNotFoundError`` / ``ValueError`` name the file); a folder stands for
+    its ``best_recipe.json``."""
     path = Path(path)
     if path.is_dir():
         path = path / "best_recipe.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
+    if path.stat().st_size > MAX_RECIPE_BYTES:
+        raise ValueError(f"{str(path)!r} is larger than {MAX_RECIPE_BYTES} bytes: not a recipe")
     try:
-        return Policy.load(path)
+        data = json.loads(path.read_bytes())
+    except (ValueError, OSError) as err:
+        raise ValueError(f"{str(path)!r} is not a JSON recipe: {err}") from None
+    check_recipe_data(data, f"recipe {str(path)!r}")
+    try:
+        return Policy.from_dict(data)
     except ValueError as err:
         raise ValueError(f"{str(path)!r}: {err}") from None

@@ -19,6 +19,7 @@ from ajpq_env.envs.evaluator import Evaluator
 from ajpq_env.envs.observation import CHANNEL_FEATURES, LAYER_FEATURES, channel_matrices, static_layer_features
 from ajpq_env.records import EpisodeRecord, ValidationResult
 from ajpq_env.tasks import Task, load_task
+from ajpq_env.tasks.registry import check_search_size
 
 __all__ = ["REWARDS", "AJPQEnv"]
 
@@ -29,6 +30,18 @@ REWARDS = ("accuracy", "delta", "amc")
 @lru_cache(maxsize=8)
 def _cached_task(name: str, data_root: str | None, weights: str | None, search_size: int | None) -> Task:
     return load_task(name, data_root=data_root, weights=weights, search_size=search_size)
+
+
+def _check_numbers(floats: dict[str, Any], ints: dict[str, Any]) -> None:
+    """``TypeError`` for a bool, a string or another non-number where a number is expected (``target=True`` is
+    not 1.0), or a non-integral value where an int is; ``ValueError`` for a float that is not finite."""
+    for name, value in {**floats, **ints}.items():
+        if isinstance(value, bool) or not isinstance(value, int | float | np.integer | np.floating):
+            raise TypeError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
+        if name in ints and not isinstance(value, int | np.integer):
+            raise TypeError(f"{name} must be an int, got {value!r}")
+        if name != "target" and not math.isfinite(value):  # the budget explains a bad target itself
+            raise ValueError(f"{name} must be finite, got {value!r}")
 
 
 class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
@@ -47,7 +60,8 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     ## Action Space
 
-    ``Box(-1, 1, (1 + num_buckets,), float32)``; values outside [-1, 1] are clipped, NaN/inf raise.
+    ``Box(-1, 1, (1 + num_buckets,), float32)``; values outside [-1, 1] are clipped; NaN/inf and arrays that are
+    not real numbers (complex, bool, strings) raise ``ValueError``.
 
     | index | meaning | mapping |
     |-------|---------|---------|
@@ -114,7 +128,10 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | ``eval_batch_size`` | ``250`` | batch size of the evaluation |
     | ``cache_size`` | ``4096`` | evaluated policies kept in the cache (by policy hash) |
     | ``fixed_pruning`` | ``None`` | a recipe whose pruned channels are kept fixed (e.g. the best of a prune-only search); the agent then only picks bit-widths of its survivors |
-    | ``data_root``, ``weights``, ``search_size`` | ``None`` | passed to :func:`~ajpq_env.tasks.load_task` |
+    | ``data_root``, ``weights``, ``search_size`` | ``None`` | passed to :func:`~ajpq_env.tasks.load_task` (``search_size``: an int >= 1) |
+
+    Numbers are checked before anything loads: a bool or string where a number is expected is a ``TypeError``
+    (``target=True`` is not 1), a non-finite float a ``ValueError``.
     | ``render_mode`` | ``None`` | ``"ansi"`` (per-layer table) or ``"rgb_array"`` (per-layer bars) |
 
     ## Version History
@@ -163,6 +180,14 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         fixed_pruning: Policy | Mapping[str, Any] | str | Path | None = None,
         render_mode: str | None = None,
     ) -> None:
+        _check_numbers(
+            {"target": target, "max_sparsity": max_sparsity, "finetune_lr": finetune_lr},
+            {"num_buckets": num_buckets, "b_min": b_min, "b_max": b_max, "fixed_bits": fixed_bits,
+             "channel_round": channel_round, "a_bits": a_bits, "bn_calibration_batches": bn_calibration_batches,
+             "calibration_batch_size": calibration_batch_size, "finetune_steps": finetune_steps,
+             "eval_batch_size": eval_batch_size, "cache_size": cache_size},
+        )
+        check_search_size(search_size)
         if reward not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
         if mode not in MODES:
@@ -237,7 +262,10 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             raise RuntimeError("call reset() before step()")
         if self._t >= len(self.graph.layers):
             raise RuntimeError("the episode is over (terminated=True was returned); call reset() to start another")
-        action = np.asarray(action, dtype=np.float64)
+        raw = np.asarray(action)
+        if raw.dtype.kind not in "iuf":  # complex, bool, strings, objects: never cast silently
+            raise ValueError(f"action must be a real-valued float array, got dtype {raw.dtype}")
+        action = raw.astype(np.float64)
         if action.shape != self.action_space.shape:
             raise ValueError(f"action must have shape {self.action_space.shape}, got {action.shape}")
         if not np.all(np.isfinite(action)):

@@ -39,6 +39,7 @@ __all__ = [
     "load_cifar10",
     "load_imagefolder_imagenet",
     "load_mnist_5k",
+    "require_every_class",
     "stratified_split",
     "to_tensor",
 ]
@@ -188,6 +189,23 @@ def stratified_split(labels: Sequence[int] | np.ndarray, fractions: Mapping[str,
     }
 
 
+def require_every_class(labels: Mapping[str, np.ndarray], source: str) -> None:
+    """``ValueError`` unless every split holds at least one sample of every class found in any of them.
+
+    A data set with too few images per class leaves a split empty (or a class missing from it), and an empty
+    split has no accuracy at all; this says which split and class, and what the data set needs.
+    """
+    classes = sorted({int(c) for y in labels.values() for c in np.unique(y)})
+    for name, y in labels.items():
+        missing = sorted(set(classes) - {int(c) for c in np.unique(y)})
+        if missing:
+            raise ValueError(
+                f"{source}: the {name!r} split has no image of class(es) {missing[:10]} ({len(y)} images in it); the "
+                "data set has too few images per class: each split takes a share of every class, so give every "
+                "class at least 10 training and 2 test images"
+            )
+
+
 # ---------------------------------------------------------------------------------------------------- CIFAR-10
 
 
@@ -268,20 +286,62 @@ def _load_npz(path: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     raise ValueError(f"{path} holds arrays [{found}]; expected x and y (or x_{split} and y_{split})")
 
 
+class _CifarUnpickler(pickle.Unpickler):
+    """Unpickles a CIFAR-10 python batch without running code from the file.
+
+    The official batches are pickled dicts of bytes, lists of ints and one uint8 numpy array. Plain containers,
+    bytes, strings and numbers need no class; a numpy array needs exactly the callables admitted here (and
+    ``_codecs.encode`` to latin-1, which protocol-2 pickles written by Python 3 use for bytes). Every other
+    global -- ``os.system``, ``builtins.eval``, any class -- is refused before it is looked up.
+    """
+
+    _ALLOWED = {
+        ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),  # protocols 0-4
+        ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),  # protocol 5 (a copy of bytes)
+        ("numpy", "ndarray"), ("numpy", "dtype"),
+    }
+
+    def find_class(self, module: str, name: str):  # noqa: ANN201 (pickle's signature)
+        if (module, name) in self._ALLOWED:
+            return super().find_class(module, name)
+        if (module, name) == ("_codecs", "encode"):
+            return _latin1_encode
+        raise pickle.UnpicklingError(f"refusing to load global {module}.{name} (a CIFAR-10 batch holds no code)")
+
+
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"refusing _codecs.encode(..., {encoding!r}) in a CIFAR-10 batch")
+    return text.encode("latin1")
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """``(images (N, 32, 32, 3) uint8, labels (N,) int64)`` of one python batch, read by :class:`_CifarUnpickler`."""
+    try:
+        with open(path, "rb") as f:
+            batch = _CifarUnpickler(f, encoding="bytes").load()
+    except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError, IndexError, KeyError,
+            OverflowError, MemoryError) as err:  # what damaged or hostile pickle bytes raise
+        raise ValueError(f"{path}: not a CIFAR-10 python batch ({err})") from None
+    data = batch.get(b"data", batch.get("data")) if isinstance(batch, dict) else None
+    labels = batch.get(b"labels", batch.get("labels")) if isinstance(batch, dict) else None
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{path}: expected a dict whose b'data' is a uint8 (N, 3072) array")
+    if not isinstance(labels, list) or len(labels) != len(data) or not all(type(v) is int for v in labels):
+        raise ValueError(f"{path}: expected b'labels', a list of {len(data)} ints")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+    return images, np.asarray(labels, dtype=np.int64)
+
+
 def _load_cifar_batches(folder: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
     names = [f"data_batch_{i}" for i in range(1, 6)] if split == "train" else ["test_batch"]
     missing = [name for name in names if not (folder / name).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} lacks {', '.join(missing)} of the CIFAR-10 {split!r} split. {_HOW_TO_PROVIDE}")
-    images, labels = [], []
-    for name in names:
-        # The official CIFAR-10 python release is a set of pickles; unpickling runs code from the file, so
-        # only point this at a copy you trust (torchvision's CIFAR10 dataset reads the same files the same way).
-        with open(folder / name, "rb") as f:
-            batch = pickle.load(f, encoding="bytes")
-        images.append(np.asarray(batch[b"data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1))
-        labels.append(np.asarray(batch[b"labels"], dtype=np.int64))
-    return _check_cifar_arrays(np.concatenate(images), np.concatenate(labels), folder)
+    # The official release is pickled; the restricted unpickler admits only what a numpy array needs, so a
+    # hostile file cannot run code (torchvision's CIFAR10 uses plain pickle.load on the same files).
+    batches = [_read_cifar_batch(folder / name) for name in names]
+    return _check_cifar_arrays(np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]), folder)
 
 
 def _natural_key(name: str) -> list[int | str]:
@@ -292,8 +352,13 @@ def _natural_key(name: str) -> list[int | str]:
 def _decode_rgb(path: str) -> np.ndarray:
     from PIL import Image  # imported here: only the image-folder format needs Pillow
 
-    with Image.open(path) as image:
-        return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    try:
+        with Image.open(path) as image:
+            if image.width * image.height > 4096 * 4096:  # CIFAR-10 images are 32x32: refuse before decoding
+                raise ValueError(f"{image.width}x{image.height} pixels")
+            return np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:  # truncated, corrupt, not an image
+        raise ValueError(f"{path}: cannot decode this image ({err}); replace or remove the file") from None
 
 
 def _load_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
