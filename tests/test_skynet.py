@@ -16,8 +16,8 @@ from ajpq_env.compression import CompressionGraph, CostModel
 from ajpq_env.models import SKYNET_ANCHORS, build_model, skynet
 from ajpq_env.models.skynet import Reorg, load_skynet_bnfolded, load_skynet_hdf5, load_skynet_weights
 from ajpq_env.tasks.boxes import decode_boxes, to_pixels
-from ajpq_env.tasks.detection import DETECTION_NORMALIZATION, load_image
 from ajpq_env.tasks.data import to_tensor
+from ajpq_env.tasks.detection import DETECTION_NORMALIZATION, load_image
 
 WEIGHTS = Path(os.environ.get("AJPQ_WEIGHTS", "/nonexistent"))
 DETECTION = Path(os.environ.get("AJPQ_DETECTION", "/nonexistent"))
