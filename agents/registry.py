@@ -5,7 +5,9 @@ agent of :func:`agent_names` (algorithms and :data:`agents.baselines.BASELINES`)
 :class:`~agents.base.SearchAgent` interface. Unknown names raise ``ValueError`` listing the valid ones.
 
 **Hyperparameters** live in ``agents/hyperparams/<algo>.yml``, keyed by env id, in RL Zoo's format, so that
-``python -m rl_zoo3.train --algo td3 --env AJPQ-MobileNet-v0 --gym-packages ajpq_env`` reads the same files.
+``python -m rl_zoo3.train --algo td3 --env AJPQ-MobileNet-v0 --gym-packages ajpq_env -conf agents.hyperparams.td3``
+reads the same files (:mod:`agents.hyperparams`; the YAML's ``callback`` applies the schedule in RL Zoo,
+:mod:`agents.zoo`, and its ``monitor_kwargs`` log the metric and size ratio; ``ajpq search`` ignores both).
 A model is built from, in increasing priority: the algorithm's defaults here (:attr:`AlgoSpec.defaults`), the
 YAML entry of the env id (none for an env built by hand, e.g. the synthetic one), the caller's overrides, and
 then the enabled parts of the AMC/HAQ :class:`~agents.schedule.SearchSchedule`, which set ``learning_starts``
@@ -45,6 +47,7 @@ __all__ = [
     "ALIASES",
     "DEFAULT_ALGO",
     "HYPERPARAMS_DIR",
+    "ZOO_SCHEDULE_CALLBACK",
     "AlgoSpec",
     "agent_names",
     "get_algorithm",
@@ -124,7 +127,9 @@ DEFAULT_ALGO = "td3-twolevel"
 ALIASES: dict[str, str] = {"default": DEFAULT_ALGO, "ajpq": DEFAULT_ALGO}
 
 # RL-Zoo keys that change the experiment beyond the model's constructor: refused rather than ignored.
-_UNSUPPORTED_KEYS = ("normalize", "frame_stack", "n_envs", "vec_env_wrapper", "callback", "monitor_kwargs")
+_UNSUPPORTED_KEYS = ("normalize", "frame_stack", "n_envs", "vec_env_wrapper")
+#: the RL-Zoo callback of the shipped YAML: the schedule ``ajpq search`` applies itself (``--schedule``)
+ZOO_SCHEDULE_CALLBACK = "agents.zoo.AJPQScheduleCallback"
 
 
 def agent_names() -> list[str]:
@@ -165,7 +170,8 @@ def make_agent(name: str, **kwargs: Any) -> SearchAgent:
 
 # ---------------------------------------------------------------------- hyperparameters
 def load_hyperparams(algo: str, env_id: str | None, path: str | Path | None = None) -> dict[str, Any]:
-    """The RL-Zoo-style entry of ``env_id`` in ``<path>/<algo>.yml`` (``{}`` when the file has no such entry).
+    """The RL-Zoo-style entry of ``env_id`` in ``<path>/<algo>.yml`` (``{}`` when the file has no such entry; the
+    file's ``default`` entry is RL Zoo's fallback only: for other ids the search keeps the registry's defaults).
 
     :param algo: registry name
     :param env_id: a registered env id; ``None`` (an env built by hand) gives ``{}``
@@ -301,6 +307,11 @@ def make_model(
     if bad:
         raise ValueError(f"hyperparameters {bad} are not supported by the AJPQ search (one env, raw rewards)")
     params.pop("n_timesteps", None)
+    params.pop("monitor_kwargs", None)  # RL Zoo's monitor.csv; the search records every episode itself
+    callback = params.pop("callback", None)
+    if callback is not None and callback != ZOO_SCHEDULE_CALLBACK and callback != {ZOO_SCHEDULE_CALLBACK: None}:
+        raise ValueError(f"hyperparameter callback={callback!r} is not supported by the AJPQ search; only RL Zoo's "
+                         f"{ZOO_SCHEDULE_CALLBACK!r}, whose schedule the search applies itself (--schedule)")
     for key in ("policy_kwargs", "replay_buffer_kwargs", "replay_buffer_class"):
         if isinstance(params.get(key), str):
             params[key] = parse_hyperparam(params[key])

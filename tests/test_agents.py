@@ -189,10 +189,12 @@ def test_parse_hyperparam_is_literal_only():
 def test_yaml_hyperparams_are_rl_zoo_entries_that_build(env):
     files = sorted(HYPERPARAMS_DIR.glob("*.yml"))
     assert {f.stem for f in files} == set(ALGORITHMS)
-    zoo_keys = {"n_timesteps", "policy", "policy_kwargs", "noise_type", "noise_std", "env_wrapper", "n_envs"}
+    zoo_keys = {"n_timesteps", "policy", "policy_kwargs", "noise_type", "noise_std", "env_wrapper", "n_envs",
+                "monitor_kwargs", "callback"}
+    classification = {e for e in ENV_IDS if e.startswith(("AJPQ-MobileNet", "AJPQ-ResNet20"))}
     for file in files:
         data = yaml.safe_load(file.read_text())
-        assert set(data) == set(ENV_IDS), file.name
+        assert classification <= set(data) <= set(ENV_IDS) | {"default"}, file.name  # default: RL Zoo's fallback
         for entry in data.values():
             assert "n_timesteps" in entry and "policy" in entry
             extra = set(entry) - zoo_keys
