@@ -13,7 +13,6 @@ import pytest
 
 import agents.search as search
 from ajpq_env import AJPQEnv, cli
-from ajpq_env.compression import CompressionGraph, compress, packed
 from ajpq_env.records import RecordWriter
 from ajpq_env.tasks import TASKS, load_splits
 from ajpq_env.tasks.data import CIFAR10_CLASSES, load_cifar10
@@ -249,13 +248,11 @@ def test_finetune_config_refuses_nan_from_a_program():
 
 
 @pytest.fixture
-def artefact(tmp_path, deploy_task, deploy_recipe) -> Path:
-    graph = CompressionGraph(deploy_task.model, deploy_task.example_input())
-    path = tmp_path / "export" / "model.ajpq"
-    path.parent.mkdir()
-    packed.export(compress(deploy_task.model, graph, deploy_recipe), graph, deploy_recipe, path,
-                  builder=deploy_task.spec.model, builder_kwargs=deploy_task.spec.model_kwargs)
-    return path
+def artefact(tmp_path, recipe_file) -> Path:
+    """The recipe exported as a user does it (packed artefact, no ONNX file)."""
+    out = tmp_path / "export"
+    assert cli.main(["export", str(recipe_file), "--out", str(out), "--onnx", "none", "--threads", "1"]) == 0
+    return out / "model.ajpq"
 
 
 def test_evaluate_refuses_a_folder_a_zero_batch_and_a_corrupt_onnx(artefact, capsys):
