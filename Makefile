@@ -1,5 +1,6 @@
 # The two commands of the README: `make demo` (a search on the embedded default task) and `make test`.
-# Each creates .venv and installs the package into it on first use; nothing but python3 is needed.
+# Each creates .venv and installs the package into it on first use (with the dev, onnx and ray extras, so that the
+# tests cover ONNX export and the leaderboard on a local Ray instance); nothing but python3 is needed.
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
@@ -17,7 +18,7 @@ endif
 
 $(STAMP): setup.cfg pyproject.toml
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,onnx]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,onnx,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)
