@@ -163,8 +163,10 @@ def read_records(path: str | Path) -> Iterator[EpisodeRecord]:
     """
     path = Path(path)
     expected = [f.name for f in fields(EpisodeRecord)]
-    with open(path, newline="") as f:
-        text = f.read()
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{str(path)!r} is not a text CSV file ({err})") from None
     lines = text.split("\n")
     if not text:
         raise ValueError(f"{str(path)!r} is empty; expected the header {','.join(expected)}")

@@ -256,7 +256,9 @@ def main(argv: list[str] | None = None) -> int:
         out = args.out or recipe_path.parent / "finetune"
         check_output_folder(out, "--out")
         task = resolve_task(name, data_root=args.data, weights=args.weights)
-        result = finetune(task, policy, config)
+        graph = CompressionGraph(task.model, task.example_input(), str(policy.meta.get("importance", "l1")))
+        fit_recipe(policy, graph, task=task.name, model=task.spec.model, source=f"recipe {str(recipe_path)!r}")
+        result = finetune(task, policy, config, graph=graph)
         out = result.save(out)
     except (ValueError, FileNotFoundError) as err:
         print(f"ajpq finetune: error: {err}", file=sys.stderr)
