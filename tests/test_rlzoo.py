@@ -30,7 +30,8 @@ def test_the_documented_rl_zoo_command_trains_and_logs_metric_and_size(tmp_path)
     command = [sys.executable, "-m", "rl_zoo3.train", "--algo", "td3", "--env", "AJPQ-MobileNet-v0", "--gym-packages",
                "ajpq_env", "-conf", "agents.hyperparams.td3",
                # a very short run: 2 episodes of 53 steps, one warm-up episode then learning, a small net
-               "-n", "106", "--eval-freq", "-1", "-f", str(tmp_path), "--seed", "0", "--env-kwargs", "search_size:100",
+               "-n", "106", "--eval-freq", "-1", "-f", str(tmp_path), "--seed", "0",
+               "--env-kwargs", "task:'synthetic-mobilenet_v2'",  # the id's tiny random twin: no data to load
                "-params", "callback:[{'agents.zoo.AJPQScheduleCallback': {'warmup_episodes': 1, 'verbose': 1}}]",
                "policy_kwargs:dict(net_arch=[16])", "batch_size:16"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=400, cwd=tmp_path)
@@ -41,7 +42,7 @@ def test_the_documented_rl_zoo_command_trains_and_logs_metric_and_size(tmp_path)
         next(f)  # RL Zoo's JSON comment line
         rows = list(csv.DictReader(f))
     assert len(rows) == 2 and {"metric", "size_ratio"} <= set(rows[0])
-    assert all(0 < float(r["size_ratio"]) <= 0.125 and float(r["metric"]) == float(r["r"]) for r in rows)
+    assert all(0 < float(r["size_ratio"]) <= 0.125 + 1e-9 and float(r["metric"]) == float(r["r"]) for r in rows)
 
 
 @pytest.mark.parametrize("algo", sorted(ALGORITHMS))
