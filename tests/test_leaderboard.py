@@ -139,6 +139,8 @@ def test_the_table_reports_heldout_and_tuning_seeds_apart(board):
     held_out = table.index(f"## {FIRST}: held-out seeds 100 (fewer than 3: not for claims)")
     tuning = table.index(f"## {FIRST}: tuning seeds 0 (defaults may have been tuned on them: not for claims)")
     assert held_out < tuning and "Equal fine-tune: 1 epoch(s) x 32 samples" in table
+    claims = markdown_table(read_rows(board / "leaderboard.csv"), seed_sets=("held-out",))
+    assert "held-out seeds 100" in claims and "tuning seeds" not in claims
     ranks = [line.split(" | ")[0] for line in table.splitlines() if line.startswith("| ") and "agent" not in line]
     assert ranks == ["| 1", "| 2", "| 1", "| 2"] and table.count("1/1 |") == 4 and "Not validated" not in table
 
@@ -239,6 +241,26 @@ def test_resume_continues_an_interrupted_run_from_its_checkpoint(tmp_path, monke
     assert out / row.run == run and row.episodes == 4 and row.validated and not (run / "checkpoint.json").exists()
     assert main([*argv, "--out", str(tmp_path / "straight")]) == 0
     assert same_results([row], read_rows(tmp_path / "straight" / "leaderboard.csv"))
+
+
+def test_resume_continues_a_run_interrupted_before_its_first_checkpoint_in_its_folder(tmp_path, monkeypatch):
+    argv = [*ONE, "--agents", "random", "--seeds", "0", "--episodes", "2", *NO_FT, "--out", str(tmp_path / "b")]
+    real = agents.search.run_search
+
+    def stopped_at_once(config, **kwargs):
+        def stop(record):
+            raise KeyboardInterrupt
+
+        return real(config, on_episode=stop, **kwargs)
+
+    monkeypatch.setattr(agents.search, "run_search", stopped_at_once)
+    assert main(argv) == 130
+    monkeypatch.undo()
+    (run,) = (tmp_path / "b" / "runs").iterdir()
+    assert not (run / "checkpoint.json").exists()
+    assert main([*argv, "--resume"]) == 0
+    (row,) = read_rows(tmp_path / "b" / "leaderboard.csv")
+    assert tmp_path / "b" / row.run == run and row.episodes == 2 and row.validated  # no orphaned folder
 
 
 # ---------------------------------------------------------------------- validation

@@ -115,7 +115,9 @@ def test_ray_path_runs_each_run_as_a_remote_task_with_the_init_options(tmp_path,
     (row,) = read_rows(out / "leaderboard.csv")
     assert row.validated and row.episodes == 2
     assert main([*argv[:-1], str(tmp_path / "x"), "--ray", "local", "--ray-init", '{"include_dashboard": true}']) == 2
-    assert not (tmp_path / "x").exists()
+    ray.util.get_node_ip_address, ray.shut = (lambda: "10.1.2.3"), False  # e.g. ray imported before, unconfigured
+    assert main([*argv[:-1], str(tmp_path / "x"), "--ray", "local"]) == 2
+    assert ray.shut and not (tmp_path / "x").exists()
 
 
 def test_ray_missing_says_how_to_install_it_and_writes_nothing(tmp_path, monkeypatch, capsys):

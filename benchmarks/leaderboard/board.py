@@ -11,6 +11,7 @@ import sys
 from dataclasses import dataclass, replace
 from pathlib import Path
 
+from agents.checkpoint import RUN_MARKER
 from ajpq_env.records import RecordWriter
 from benchmarks.leaderboard.config import LeaderboardConfig
 from benchmarks.leaderboard.parallel import LeaderboardError, connect_ray, interrupt_on_sigterm, run_local, run_ray
@@ -66,8 +67,8 @@ def _pending(config: LeaderboardConfig, entries: list[Entry], done: dict[tuple[s
                             f"epochs, fine-tune samples) {theirs}, this one asks for {wanted}: choose another --out"
                         )
                     continue
-                if config.resume:
-                    interrupted = sorted((out / RUNS_DIR).glob(f"{spec.prefix}__*/checkpoint.json"))
+                if config.resume:  # continue the latest run folder of this run (from its checkpoint, or from 0)
+                    interrupted = sorted((out / RUNS_DIR).glob(f"{spec.prefix}__*/{RUN_MARKER}"))
                     if interrupted:
                         spec = replace(spec, resume_dir=str(interrupted[-1].parent))
                 specs.append(spec)

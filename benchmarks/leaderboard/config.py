@@ -5,13 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from benchmarks.leaderboard.entrants import Entrant, resolve_entrant
 from benchmarks.leaderboard.finetuning import FinetuneBudget
 from benchmarks.leaderboard.suites import SUITES, Entry, Suite
+
+if TYPE_CHECKING:
+    from agents.base import SearchAgent
 
 __all__ = ["DEFAULT_AGENTS", "LeaderboardConfig", "listing", "parse_args"]
 
@@ -36,10 +39,10 @@ class LeaderboardConfig:
 
     suite: str = _opt("default", "the suite of entries", choices=tuple(SUITES))
     entries: list[str] = _list((), "run only these entries of the suite (default: all of them)")
-    agents: list[Any] = _list(
+    agents: list[str | SearchAgent | Callable[[], SearchAgent]] = _list(
         DEFAULT_AGENTS, "agents: names of `ajpq search --list`, or module:attr of a SearchAgent written outside the "
         "package (see benchmarks/leaderboard/SUBMITTING.md)")
-    seeds: Any = _list(("held-out",), "'held-out' (the suite's held-out seeds: what tables report), 'tuning' (the "
+    seeds: list[int | str] | str = _list(("held-out",), "'held-out' (the suite's held-out seeds: what tables report), 'tuning' (the "
                        "seeds defaults may be tuned on) or seeds; each (entry, agent, seed) is one run")
     episodes: int | None = _opt(None, "episode budget of every run (default: each entry's)", type=int)
     finetune_epochs: int | None = _opt(

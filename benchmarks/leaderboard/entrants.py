@@ -9,16 +9,15 @@ from __future__ import annotations
 import copy
 import importlib
 import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from agents.base import SearchAgent
 
-__all__ = ["AgentSpec", "Entrant", "resolve_entrant"]
+__all__ = ["Entrant", "resolve_entrant"]
 
-#: what may name an agent: a registry name, ``"module:attr"``, a SearchAgent object or a zero-argument factory
-AgentSpec = Any
 
 
 @dataclass(frozen=True)
@@ -87,7 +86,7 @@ def _instantiate(obj: Any, label: str) -> SearchAgent:
     return agent
 
 
-def resolve_entrant(spec: AgentSpec, *, picklable: bool = False) -> Entrant:
+def resolve_entrant(spec: str | SearchAgent | Callable[[], SearchAgent], *, picklable: bool = False) -> Entrant:
     """The :class:`Entrant` of ``spec``: a registry name (or alias), ``"module:attr"``, a ``SearchAgent`` or a
     zero-argument factory; a custom agent is built once here to learn its name, which may not be a registry name.
 

@@ -145,11 +145,16 @@ def _section(entry: str, seed_set: str, agents: dict[str, list[LeaderboardRow]],
     return [*lines, ""]
 
 
-def markdown_table(rows: Sequence[LeaderboardRow], *, walltime_cutoff: float | None = None) -> str:
+def markdown_table(rows: Sequence[LeaderboardRow], *, walltime_cutoff: float | None = None,
+                   seed_sets: Sequence[str] | None = None) -> str:
     """The table of ``rows``: one section per entry (in order of first appearance) and seed set (held-out, tuning,
     other), agents ranked at equal episodes, with their rank after the equal fine-tune and at equal wall time
-    (``walltime_cutoff`` seconds of search; default per section, see :func:`default_walltime_cutoff`)."""
+    (``walltime_cutoff`` seconds of search; default per section, see :func:`default_walltime_cutoff`).
+
+    :param seed_sets: only these seed sets (e.g. ``("held-out",)`` for a README or claims table); default all
+    """
     grouped: dict[str, dict[str, dict[str, list[LeaderboardRow]]]] = {}
+    rows = [r for r in rows if seed_sets is None or r.seed_set in seed_sets]
     for row in rows:
         grouped.setdefault(row.entry, {}).setdefault(row.seed_set, {}).setdefault(row.agent, []).append(row)
     lines = ["# AJPQ leaderboard", ""]
