@@ -18,6 +18,7 @@ from ajpq_env.compression import (
     load,
     quantize_weight,
     simulate,
+    to_deployed,
 )
 from ajpq_env.compression.packed import pack_codes, read_header, unpack_codes
 from ajpq_env.compression.quantize import quantize_codes
@@ -140,8 +141,8 @@ def test_pack_unpack_roundtrip(bits, per_channel, seed):
 
 # ------------------------------------------------------------------------------------------ simulate / export
 @settings(max_examples=4, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(seed=st.integers(0, 2**16), max_sparsity=st.sampled_from([0.0, 0.5, 0.9]))
-def test_simulated_equals_exported_and_size_equals_file(setup, tmp_path_factory, seed, max_sparsity):
+@given(seed=st.integers(0, 2**16), max_sparsity=st.sampled_from([0.0, 0.5, 0.9]), a_bits=st.sampled_from([8, 4, 32]))
+def test_simulated_equals_exported_and_size_equals_file(setup, tmp_path_factory, seed, max_sparsity, a_bits):
     name, kwargs, shape, model, graph = setup
     policy = Policy.random(graph, np.random.default_rng(seed), max_sparsity=max_sparsity)
     policy.validate(graph)
@@ -151,9 +152,10 @@ def test_simulated_equals_exported_and_size_equals_file(setup, tmp_path_factory,
         compressed = compress(model, graph, policy)
         physical = compressed(x)
     assert (simulated - physical).abs().max() <= 1e-4  # a 0-bit channel behaves exactly like a removed one
+    deployed = to_deployed(compressed, graph, policy, [x], a_bits)
     path = tmp_path_factory.mktemp("export") / f"{name}.ajpq"
-    info = export(compressed, graph, policy, path, builder=name, builder_kwargs=kwargs)
-    cost = CostModel(graph)(policy)
+    info = export(deployed, graph, policy, path, builder=name, builder_kwargs=kwargs, a_bits=a_bits)
+    cost = CostModel(graph, a_bits)(policy)
     on_disk = path.stat().st_size
     assert info.payload_bytes == cost.size_bytes
     assert on_disk - info.header_bytes == cost.size_bytes
@@ -161,7 +163,25 @@ def test_simulated_equals_exported_and_size_equals_file(setup, tmp_path_factory,
     assert offset == info.header_bytes
     with torch.no_grad():
         reloaded = load(path)(x)
-    assert (simulated - reloaded).abs().max() <= 1e-4
+        expected = deployed(x)
+    assert torch.equal(reloaded, expected)  # the artefact is the deployed network, bit for bit
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_batchnorm_folding_leaves_outputs_unchanged(setup, seed):
+    _, _, shape, model, graph = setup
+    policy = Policy.random(graph, np.random.default_rng(seed), max_sparsity=0.5)
+    compressed = compress(model, graph, policy)
+    x = torch.randn(8, *shape, generator=torch.Generator().manual_seed(seed))
+    folded = to_deployed(compressed, graph, policy, [], 32, storage=False)
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        reference, out = compressed(x), folded(x)
+    assert (out - reference).abs().max() <= 1e-5 * max(1.0, float(reference.abs().max()))
+    # as stored (float16 scales and biases with a per-layer exponent): relative error of a rounding, no more
+    stored = to_deployed(compressed, graph, policy, [], 32)
+    with torch.no_grad():
+        assert (stored(x) - reference).abs().max() <= 2e-2 * max(1.0, float(reference.abs().max()))
 
 
 def _independent_macs(model: nn.Module, shape) -> int:
@@ -201,18 +221,22 @@ def test_macs_and_params_of_pruned_network_match_independent_count(setup):
     assert costs.fp32.macs == _independent_macs(model, shape)
 
 
-def test_uniform_8bit_costs_quarter_of_fp32_weights(setup):
+@pytest.mark.parametrize("a_bits", [8, 32])
+def test_uniform_8bit_costs_weights_scales_biases_and_quantizers(setup, a_bits):
     _, _, _, model, graph = setup
-    costs = CostModel(graph)
+    costs = CostModel(graph, a_bits)
     cost = costs(Policy.uniform(graph, 8))
     ratios = cost.ratios(costs.fp32)
     assert ratios["macs"] == 1.0
-    assert ratios["bitops"] == pytest.approx(8 * 8 / (32 * 32))
-    weights = sum(layer.params for layer in graph.layers)
-    expected = costs.fp32.size_bytes - 4 * weights + sum(
-        -(-layer.params * 8 // 8) + 4 * layer.out_channels for layer in graph.layers
-    )
+    assert ratios["bitops"] == pytest.approx(8 * a_bits / (32 * 32))
+    biased = {name for name, m in model.named_modules() if isinstance(m, nn.Conv2d | nn.Linear) and m.bias is not None}
+    expected = 0
+    for layer in graph.layers:  # codes, float16 scales (+ exponent byte), biases where BN or a bias is folded in
+        has_bias = layer.name in biased or graph.deploy.batchnorm[layer.name] is not None
+        expected += layer.params + (1 + 2 * layer.out_channels) * (2 if has_bias else 1)
+    expected += 5 * graph.deploy.quantizers if a_bits <= 8 else 0
     assert cost.size_bytes == expected
+    assert costs.fp32.size_bytes == 4 * sum(t.numel() for t in model.state_dict().values() if t.is_floating_point())
 
 
 # ------------------------------------------------------------------------------------------ policy

@@ -306,10 +306,10 @@ def test_finetune_steps_keep_the_recipe(tiny_task):
     env = AJPQEnv(tiny_task, finetune_steps=3, calibration_batch_size=16)
     info = _random_episode(env, np.random.default_rng(5))
     policy = env.recipe()
-    model = env.evaluator.compressed_model(policy)
+    model = env.evaluator.compressor.compressed(policy)
     assert grid_errors(model, env.graph, policy) == []
     assert 0.0 <= info["metric"] <= 1.0
-    plain = AJPQEnv(tiny_task).evaluator.compressed_model(policy)
+    plain = AJPQEnv(tiny_task).evaluator.compressor.compressed(policy)
     moved = any(
         not np.array_equal(model.get_submodule(l.name).weight.detach().numpy(), plain.get_submodule(l.name).weight.detach().numpy())
         for l in env.graph.layers

@@ -7,14 +7,19 @@
 * :mod:`.simulate` — apply a policy: simulated in place, or physically pruned
 * :mod:`.qat` — straight-through fake quantization of the physically pruned network (fine-tuning)
 * :mod:`.cost` — storage, MACs and BitOPs of the physically pruned network
-* :mod:`.packed` — export: pack to one file and load it back
+* :mod:`.actquant` — activation quantizers (where they go, calibration)
+* :mod:`.integer` — the deployed network: BatchNorm folded, integer arithmetic as onnxruntime computes it
+* :mod:`.pipeline` — :class:`Compressor`: compress, recalibrate, fold, calibrate: the one way a policy is built
+* :mod:`.packed` — export: pack the deployed network to one file and load it back
 """
 
 from ajpq_env.compression.cost import RESOURCES, Cost, CostModel, LayerCost
 from ajpq_env.compression.graph import CompressionGraph, CouplingGroup, LayerInfo
 from ajpq_env.compression.importance import IMPORTANCES, L1Importance, L2Importance, get_importance
+from ajpq_env.compression.integer import to_deployed
 from ajpq_env.compression.packed import ExportInfo, export, load, read_header
-from ajpq_env.compression.policy import B_MAX, B_MIN, Policy
+from ajpq_env.compression.pipeline import Compressor, Deployable, DeploySettings, recalibrate_batchnorm
+from ajpq_env.compression.policy import B_MAX, B_MIN, RECIPE_FORMAT, Policy
 from ajpq_env.compression.quantize import channel_scales, quantize_codes, quantize_weight
 from ajpq_env.compression.simulate import compress, physically_prune, pruned_indices, simulate
 
@@ -22,8 +27,12 @@ __all__ = [
     "B_MAX",
     "B_MIN",
     "IMPORTANCES",
+    "RECIPE_FORMAT",
     "RESOURCES",
     "CompressionGraph",
+    "Compressor",
+    "Deployable",
+    "DeploySettings",
     "Cost",
     "CostModel",
     "CouplingGroup",
@@ -43,5 +52,7 @@ __all__ = [
     "quantize_codes",
     "quantize_weight",
     "read_header",
+    "recalibrate_batchnorm",
     "simulate",
+    "to_deployed",
 ]

@@ -1,14 +1,18 @@
 """Cost model of a policy, measured on the physically pruned network: storage, MACs and BitOPs.
 
-Storage is exactly what :func:`ajpq_env.compression.packed.export` writes after its header:
+Storage is exactly what :func:`ajpq_env.compression.packed.export` writes after its header, i.e. what the
+deployed network (:mod:`ajpq_env.compression.integer`: BatchNorm folded, integer activations) needs:
 
 * for every compressible layer, its surviving weights packed at their bit-widths into one byte-aligned block,
-  ``ceil(sum_c b_c x kernel_size / 8)`` bytes, plus one float32 scale per surviving channel;
-* every other floating-point tensor (biases, BatchNorm weight, bias, running mean and variance) in float32.
+  ``ceil(sum_c b_c x kernel_size / 8)`` bytes; its per-channel scales (BatchNorm folded in) as float16 plus one
+  power-of-two exponent byte, ``1 + 2 k`` bytes for ``k`` surviving channels; and, when the layer has a bias
+  or a folded BatchNorm, its per-channel biases in the same form, ``1 + 2 k`` bytes;
+* for ``a_bits`` <= 8, one float32 scale and one uint8 zero point per activation quantizer (5 bytes each).
 
+Nothing else stays float: BatchNorm parameters and running statistics disappear into the scales and biases.
 MACs count the multiply-accumulates of the Conv2d/Linear layers for one sample; BitOPs are
-``sum_c MACs_c x b_c x a_bits``. The FP32 reference stores every float tensor in 4 bytes and has
-``BitOPs = MACs x 32 x 32``. Budgets are ratios of these against the FP32 reference.
+``sum_c MACs_c x b_c x a_bits``. The FP32 reference is the model as trained: every float tensor (BatchNorm
+included) in 4 bytes, ``BitOPs = MACs x 32 x 32``. Budgets are ratios of these against the FP32 reference.
 """
 
 from __future__ import annotations
@@ -17,17 +21,27 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from ajpq_env.compression.actquant import check_a_bits
 from ajpq_env.compression.graph import CompressionGraph, LayerInfo
 from ajpq_env.compression.policy import Policy
 
-__all__ = ["RESOURCES", "Cost", "CostModel", "LayerCost"]
+__all__ = ["QUANTIZER_BYTES", "RESOURCES", "Cost", "CostModel", "LayerCost", "vector_bytes"]
 
 RESOURCES = ("size", "bitops", "macs")
 
 
+#: Bytes of one stored per-channel vector of ``k`` values: a power-of-two exponent byte and ``k`` float16.
+def vector_bytes(k: int) -> int:
+    return 1 + 2 * k
+
+
+#: Bytes of one activation quantizer: float32 scale and uint8 zero point.
+QUANTIZER_BYTES = 5
+
+
 @dataclass(frozen=True)
 class LayerCost:
-    """Cost of one compressed layer: packed weight bytes, scale bytes, MACs and BitOPs."""
+    """Cost of one compressed layer: packed weight bytes, per-channel scale and bias bytes, MACs and BitOPs."""
 
     weight_bytes: int
     scale_bytes: int
@@ -36,7 +50,7 @@ class LayerCost:
     params: int
 
     def resource(self, name: str) -> int:
-        """The layer's share of resource ``name`` (size counts packed weights and scales)."""
+        """The layer's share of resource ``name`` (size counts packed weights, scales and biases)."""
         if name == "size":
             return self.weight_bytes + self.scale_bytes
         return self.macs if name == "macs" else self.bitops
@@ -68,18 +82,16 @@ class CostModel:
     """Costs of policies on one :class:`CompressionGraph`.
 
     :param graph: the model's compression graph
-    :param a_bits: activation bit-width used in BitOPs (default 8)
+    :param a_bits: activation bit-width (2..8, or 32 for float activations): BitOPs, and whether activation
+        quantizers are stored
     """
 
     def __init__(self, graph: CompressionGraph, a_bits: int = 8) -> None:
-        if not 1 <= a_bits <= 32:
-            raise ValueError(f"a_bits must be in 1..32, got {a_bits}")
         self.graph = graph
-        self.a_bits = a_bits
+        self.a_bits = check_a_bits(a_bits)
         weights = sum(layer.params for layer in graph.layers)
-        prunable_extra = sum(g.per_channel_extra * g.channels for g in graph.groups if not g.locked)
-        # Float tensors that never shrink: biases/BN of locked groups and anything outside the groups.
-        self.fixed_bytes = 4 * (graph.total_float_numel - weights - prunable_extra)
+        #: bytes that do not depend on the policy: the activation quantizers
+        self.fixed_bytes = QUANTIZER_BYTES * graph.deploy.quantizers if a_bits <= 8 else 0
         self.fp32 = Cost(
             size_bytes=graph.fp32_bytes(),
             macs=sum(layer.macs for layer in graph.layers),
@@ -109,21 +121,16 @@ class CostModel:
         macs_per_channel = layer.out_hw[0] * layer.out_hw[1] * per_channel
         return LayerCost(
             weight_bytes=(per_channel * bit_sum + 7) // 8,
-            scale_bytes=4 * kept,
+            scale_bytes=vector_bytes(kept) * (2 if layer.stored_bias else 1),
             macs=macs_per_channel * kept,
             bitops=macs_per_channel * bit_sum * self.a_bits,
             params=per_channel * kept,
         )
 
-    def extra_bytes(self, group_id: int, kept: int) -> int:
-        """float32 bytes of the biases/BatchNorm tensors of an unlocked group with ``kept`` channels."""
-        group = self.graph.groups[group_id]
-        return 0 if group.locked else 4 * group.per_channel_extra * kept
-
     def __call__(self, policy: Policy) -> Cost:
         """The cost of ``policy`` (which should be valid for the graph)."""
         pruned = {g.id: g.channels - policy.kept(g.leader) for g in self.graph.groups}
-        size = self.fixed_bytes + sum(self.extra_bytes(g.id, g.channels - pruned[g.id]) for g in self.graph.groups)
+        size = self.fixed_bytes
         macs = bitops = params = 0
         for layer in self.graph.layers:
             bits = policy[layer.name]

@@ -29,6 +29,7 @@ import torch
 import torch_pruning as tp
 from torch import nn
 
+from ajpq_env.compression.actquant import deploy_structure
 from ajpq_env.compression.importance import Importance, get_importance
 
 __all__ = ["CompressionGraph", "CouplingGroup", "LayerInfo", "LAYER_KINDS"]
@@ -58,6 +59,7 @@ class LayerInfo:
     :param group: id of the :class:`CouplingGroup` of the output channels
     :param producer: id of the group whose channels are this layer's input channels, ``None`` for the network input
     :param has_bias: whether the layer has a bias
+    :param stored_bias: whether its deployed form stores a per-channel bias (its own, or a folded BatchNorm's)
     """
 
     index: int
@@ -75,6 +77,7 @@ class LayerInfo:
     group: int
     producer: int | None
     has_bias: bool
+    stored_bias: bool = False
 
     @property
     def kernel_size(self) -> int:
@@ -183,8 +186,11 @@ class CompressionGraph:
             module = modules[name]
             (in_hw, out_hw) = shapes[name]
             self.layers.append(_layer_info(index, name, module, in_hw, out_hw, group_of[name]))
+        #: what the deployed form stores besides codes and scales (folded biases, activation quantizers)
+        self.deploy = deploy_structure(model, order)
         self.layers = [
-            _replace_producer(layer, group_of[layer.name] if layer.kind == "depthwise" else producer_of[layer.name])
+            _replace_producer(layer, group_of[layer.name] if layer.kind == "depthwise" else producer_of[layer.name],
+                              self.deploy.stored_bias[layer.name])
             for layer in self.layers
         ]
         self._by_name = {layer.name: layer for layer in self.layers}
@@ -369,5 +375,5 @@ def _layer_info(index: int, name: str, module: nn.Module, in_hw, out_hw, group: 
     )
 
 
-def _replace_producer(layer: LayerInfo, producer: int | None) -> LayerInfo:
-    return LayerInfo(**{**layer.__dict__, "producer": producer})
+def _replace_producer(layer: LayerInfo, producer: int | None, stored_bias: bool) -> LayerInfo:
+    return LayerInfo(**{**layer.__dict__, "producer": producer, "stored_bias": stored_bias})

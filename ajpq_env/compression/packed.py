@@ -1,26 +1,36 @@
-"""Export a compressed model to one packed file, and load it back into a runnable model.
+"""Export the deployed network to one packed file, and load it back into a runnable model.
 
 File layout (all little-endian)::
 
-    b"AJPQPK01"            8 bytes   magic
-    header_length          4 bytes   uint32
-    header                 JSON      builder name and kwargs, input shape, recipe, tensor table
-    payload                          exactly CostModel(graph)(policy).size_bytes bytes:
+    b"AJPQPK02"            8 bytes   magic
+    header_length          4 bytes   uint32 (at most MAX_HEADER_BYTES)
+    header                 JSON      builder name and kwargs, input shape, recipe, a_bits, payload length and
+                                     SHA-256, number of activation quantizers
+    payload                          exactly CostModel(graph, a_bits)(policy).size_bytes bytes:
       for each compressible layer in forward order:
-        codes              ceil(sum_c b_c x kernel_size / 8) bytes: the surviving channels' integer codes,
-                           each stored as the unsigned b_c-bit value q + 2**(b_c-1) - 1, channel after channel,
-                           packed LSB-first into a bit stream
-        scales             4 bytes per surviving channel (float32)
-      every other floating-point tensor of the pruned state_dict, in state_dict order, as float32
+        codes              ceil(sum_c b_c x kernel_size / 8) bytes: the surviving channels' integer codes, each
+                           stored as the unsigned b_c-bit value q + 2**(b_c-1) - 1, channel after channel, packed
+                           LSB-first into a bit stream
+        scales             1 byte exponent e (int8) + 2 bytes per surviving channel (float16 of scale / 2**e):
+                           the per-channel scale with the BatchNorm folded in (integer.encode_f16e)
+        biases             the same form, when the layer has a bias or a folded BatchNorm
+      for each activation quantizer (a_bits <= 8), in graph order:
+        scale, zero point  float32 + uint8
 
-Nothing is unpickled: the header is JSON and the payload is raw arrays. The loader rebuilds the architecture
-with the named builder, removes the pruned channels with the same torch-pruning plan, and fills in the tensors.
+Nothing is unpickled and nothing in the header is trusted: the header is JSON of bounded size whose every field
+is checked against what the builder and the recipe's task allow before anything is built (no builder argument
+can make the loader download weights or allocate more than the named task's model), the payload must have the
+length and SHA-256 the header states, and every scale, bias and quantizer must be finite. The loader rebuilds
+the architecture with the named builder, removes the pruned channels with the same torch-pruning plan, and
+builds the deployed network (:func:`~ajpq_env.compression.integer.to_deployed`) from the stored values.
 Bit packing is written by hand because no maintained library packs mixed per-channel bit-widths.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import math
 import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -29,18 +39,46 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
+from torch import fx, nn
 
+from ajpq_env.compression.actquant import ACT_BITS
+from ajpq_env.compression.cost import QUANTIZER_BYTES, CostModel
 from ajpq_env.compression.graph import CompressionGraph
+from ajpq_env.compression.integer import (
+    FoldedLayer,
+    QuantLayer,
+    activation_qparams,
+    decode_f16e,
+    encode_f16e,
+    to_deployed,
+)
 from ajpq_env.compression.policy import Policy
-from ajpq_env.compression.quantize import quantize_codes
 from ajpq_env.compression.simulate import physically_prune, pruned_indices
 
-__all__ = ["FORMAT_VERSION", "MAGIC", "ExportInfo", "export", "load", "pack_codes", "read_header", "unpack_codes"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MAGIC",
+    "MAX_HEADER_BYTES",
+    "ExportInfo",
+    "export",
+    "load",
+    "pack_codes",
+    "read_header",
+    "unpack_codes",
+]
 
-MAGIC = b"AJPQPK01"
-FORMAT_VERSION = 1
+MAGIC = b"AJPQPK02"
+FORMAT_VERSION = 2
 _PREFIX = len(MAGIC) + 4
+#: The largest header read (a MobileNetV2 recipe is about 20 kB of JSON).
+MAX_HEADER_BYTES = 16 * 2**20
+#: Bounds of builder arguments that size the network (checked before building it).
+MAX_NUM_CLASSES = 10_000
+MAX_WIDTH_MULT = 4.0
+MAX_IN_CHANNELS = 16
+MAX_INPUT_SIDE = 1024
+#: Builders a packed file may name: every registered builder, but never with pretrained ``weights``.
+_NO_DOWNLOAD_KWARGS = ("weights", "pretrained", "progress")
 
 
 @dataclass(frozen=True)
@@ -84,51 +122,70 @@ def _packed_length(bits: np.ndarray, per_channel: int) -> int:
     return (int(np.asarray(bits, dtype=np.int64).sum()) * per_channel + 7) // 8
 
 
-def _other_tensors(model: nn.Module, graph: CompressionGraph) -> list[tuple[str, torch.Tensor]]:
-    weights = {f"{layer.name}.weight" for layer in graph.layers}
-    return [
-        (name, t) for name, t in model.state_dict().items() if name not in weights and torch.is_floating_point(t)
-    ]
+def _vector(values: torch.Tensor) -> bytes:
+    exponent, halves = encode_f16e(values.detach().numpy())
+    return struct.pack("<b", exponent) + halves.astype("<f2").tobytes()
+
+
+def _deployed_layer(model: nn.Module, name: str) -> QuantLayer:
+    try:
+        layer = model.get_submodule(name)
+    except AttributeError:
+        layer = None
+    if not isinstance(layer, QuantLayer):
+        raise ValueError(f"export takes the deployed network (Compressor.deploy / to_deployed): layer {name!r} is "
+                         f"a {type(layer).__name__}, not a QuantLayer")
+    return layer
 
 
 def export(
-    compressed: nn.Module,
+    deployed: fx.GraphModule,
     graph: CompressionGraph,
     policy: Policy,
     path: str | Path,
     *,
     builder: str,
     builder_kwargs: Mapping[str, Any] | None = None,
+    a_bits: int,
 ) -> ExportInfo:
-    """Write the physically pruned, quantized model ``compressed`` (from :func:`compress`) to ``path``.
+    """Write the deployed network (``to_deployed(...)``) of ``policy`` to ``path``.
 
-    :param compressed: ``compress(model, graph, policy)`` — its weights already lie on the quantization grid
+    :param deployed: the deployed network (BatchNorm folded, activation quantizers calibrated)
     :param graph: the graph of the *uncompressed* model
-    :param policy: the policy that produced ``compressed``
+    :param policy: the policy that produced ``deployed``
     :param builder: name of the architecture in :data:`ajpq_env.models.MODELS`, used by :func:`load`
     :param builder_kwargs: keyword arguments of the builder (JSON-serialisable)
+    :param a_bits: the activation bit-width ``deployed`` was built with
     """
     path = Path(path)
     payload = bytearray()
     for layer in graph.layers:
-        weight = compressed.get_submodule(layer.name).weight.detach()
+        module = _deployed_layer(deployed, layer.name)
         bits = policy[layer.name][policy[layer.name] > 0]
-        if weight.shape[0] != bits.size:
-            raise ValueError(
-                f"layer {layer.name!r} has {weight.shape[0]} output channels but the policy keeps {bits.size}; "
-                "export expects the model returned by compress(model, graph, policy)"
-            )
-        codes, scales = quantize_codes(weight, bits)
-        payload += pack_codes(codes.flatten(1).numpy(), bits)
-        payload += scales.numpy().astype("<f4").tobytes()
-    for _, tensor in _other_tensors(compressed, graph):
-        payload += tensor.detach().to(torch.float32).numpy().astype("<f4").tobytes()
+        if module.codes.shape[0] != bits.size or not np.array_equal(module.bits, bits):
+            raise ValueError(f"layer {layer.name!r} has {module.codes.shape[0]} output channels at bits "
+                             f"{sorted(set(module.bits.tolist()))}, the policy keeps {bits.size}; export expects "
+                             "the deployed network of this policy")
+        payload += pack_codes(module.codes.flatten(1).numpy(), bits)
+        payload += _vector(module.scale)
+        if layer.stored_bias != (module.bias is not None):
+            raise ValueError(f"layer {layer.name!r}: bias present {module.bias is not None}, the compression graph "
+                             f"expects {layer.stored_bias}")
+        if module.bias is not None:
+            payload += _vector(module.bias)
+    qparams = activation_qparams(deployed) if a_bits <= 8 else []
+    for scale, zero_point in qparams:
+        payload += struct.pack("<fB", scale, zero_point)
     header = {
         "format": FORMAT_VERSION,
         "builder": builder,
         "builder_kwargs": dict(builder_kwargs or {}),
         "input_shape": list(graph.example_input_shape),
         "importance": graph.importance.name,
+        "a_bits": a_bits,
+        "activation_quantizers": len(qparams),
+        "payload_bytes": len(payload),
+        "payload_sha256": hashlib.sha256(payload).hexdigest(),
         "recipe": policy.to_dict(),
     }
     header_bytes = json.dumps(header, separators=(",", ":")).encode()
@@ -140,32 +197,113 @@ def export(
     return ExportInfo(path, _PREFIX + len(header_bytes), len(payload))
 
 
+# ---------------------------------------------------------------------- reading: trust nothing
 def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
-    """The JSON header of an exported file and the offset at which its payload starts."""
+    """The JSON header of an exported file (its fields checked, see :func:`check_header`) and the offset at which
+    its payload starts."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"exported model {str(path)!r} does not exist")
+        raise FileNotFoundError(f"exported model {str(path)!r} does not exist (or is not a file)")
+    size = path.stat().st_size
     with open(path, "rb") as f:
         prefix = f.read(_PREFIX)
         if len(prefix) < _PREFIX or prefix[: len(MAGIC)] != MAGIC:
+            if prefix[:6] == MAGIC[:6]:
+                raise ValueError(f"{str(path)!r} is an AJPQ packed model of another format version "
+                                 f"({prefix[:8]!r}); this version reads {MAGIC!r}: export it again")
             raise ValueError(f"{str(path)!r} is not an AJPQ packed model (expected magic {MAGIC!r})")
         (length,) = struct.unpack("<I", prefix[len(MAGIC) :])
+        if length > min(MAX_HEADER_BYTES, size - _PREFIX):
+            raise ValueError(f"{str(path)!r}: header length {length} exceeds the file or the limit "
+                             f"{MAX_HEADER_BYTES}: the file is truncated or corrupt")
         try:
             header = json.loads(f.read(length))
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{str(path)!r}: corrupt header ({err})") from None
-    if header.get("format") != FORMAT_VERSION:
-        raise ValueError(f"{str(path)!r}: format {header.get('format')!r}, this version reads {FORMAT_VERSION}")
+    check_header(header, source=repr(str(path)))
     return header, _PREFIX + length
 
 
-def load(path: str | Path, builder: Callable[..., nn.Module] | None = None) -> nn.Module:
-    """Rebuild the compressed model stored at ``path`` (in eval mode).
+def _int(value: object, low: int, high: int, what: str, source: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{source}: {what} must be an integer in {low}..{high}, got {value!r}")
+    return value
+
+
+def check_header(header: object, source: str = "the header") -> None:
+    """Check every field of a packed file's header; ``ValueError`` says which one is wrong and what is expected."""
+    from ajpq_env.models import MODELS
+    from ajpq_env.tasks import TASKS
+
+    if not isinstance(header, dict):
+        raise ValueError(f"{source}: header must be a JSON object, got {type(header).__name__}")
+    if header.get("format") != FORMAT_VERSION:
+        raise ValueError(f"{source}: format {header.get('format')!r}, this version reads {FORMAT_VERSION}")
+    builder = header.get("builder")
+    if builder not in MODELS:
+        raise ValueError(f"{source}: unknown builder {builder!r}; expected one of {sorted(MODELS)}")
+    kwargs = header.get("builder_kwargs")
+    if not isinstance(kwargs, dict):
+        raise ValueError(f"{source}: builder_kwargs must be a JSON object")
+    for key in _NO_DOWNLOAD_KWARGS:
+        if kwargs.get(key) not in (None, False):
+            raise ValueError(f"{source}: builder argument {key}={kwargs[key]!r} is refused: an artefact never makes "
+                             "the loader fetch weights")
+    if "num_classes" in kwargs:
+        _int(kwargs["num_classes"], 1, MAX_NUM_CLASSES, "builder_kwargs.num_classes", source)
+    if "in_channels" in kwargs:
+        _int(kwargs["in_channels"], 1, MAX_IN_CHANNELS, "builder_kwargs.in_channels", source)
+    if "width_mult" in kwargs:
+        w = kwargs["width_mult"]
+        if isinstance(w, bool) or not isinstance(w, int | float) or not (0 < w <= MAX_WIDTH_MULT):
+            raise ValueError(f"{source}: builder_kwargs.width_mult must be in (0, {MAX_WIDTH_MULT}], got {w!r}")
+    shape = header.get("input_shape")
+    if not (isinstance(shape, list) and len(shape) == 4 and shape[0] == 1):
+        raise ValueError(f"{source}: input_shape must be [1, C, H, W], got {shape!r}")
+    _int(shape[1], 1, MAX_IN_CHANNELS, "input_shape channels", source)
+    for side in shape[2:]:
+        _int(side, 1, MAX_INPUT_SIDE, "input_shape height/width", source)
+    recipe = header.get("recipe")
+    task = recipe.get("meta", {}).get("task") if isinstance(recipe, dict) and isinstance(recipe.get("meta"), dict) else None
+    if task in TASKS:  # a known task fixes the architecture: the header may not enlarge it
+        spec = TASKS[task]
+        if builder != spec.model or list(shape[1:]) != list(spec.input_shape):
+            raise ValueError(f"{source}: task {task!r} uses builder {spec.model!r} with input {list(spec.input_shape)}, "
+                             f"the header names {builder!r} with {shape[1:]}")
+        for key, value in kwargs.items():
+            if key in spec.model_kwargs and spec.model_kwargs[key] != value:
+                raise ValueError(f"{source}: task {task!r} builds {builder!r} with {key}={spec.model_kwargs[key]!r}, "
+                                 f"the header says {value!r}")
+    if header.get("a_bits") not in ACT_BITS:
+        raise ValueError(f"{source}: a_bits must be one of {list(ACT_BITS)}, got {header.get('a_bits')!r}")
+    _int(header.get("activation_quantizers"), 0, 100_000, "activation_quantizers", source)
+    _int(header.get("payload_bytes"), 0, 2**40, "payload_bytes", source)
+    digest = header.get("payload_sha256")
+    if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
+        raise ValueError(f"{source}: payload_sha256 must be 64 lowercase hex digits")
+    if not isinstance(header.get("importance"), str):
+        raise ValueError(f"{source}: importance must be a string")
+
+
+def _read_payload(path: Path, header: dict[str, Any], offset: int) -> bytes:
+    data = path.read_bytes()[offset:]
+    if len(data) != header["payload_bytes"]:
+        raise ValueError(f"{str(path)!r}: payload is {len(data)} bytes, the header says {header['payload_bytes']}: "
+                         "the file is truncated or has trailing bytes")
+    if hashlib.sha256(data).hexdigest() != header["payload_sha256"]:
+        raise ValueError(f"{str(path)!r}: payload SHA-256 does not match the header: the file is corrupt")
+    return data
+
+
+def load(path: str | Path, builder: Callable[..., nn.Module] | None = None) -> fx.GraphModule:
+    """Rebuild the deployed network stored at ``path`` (in eval mode).
 
     :param builder: the architecture's builder; default: look up the header's builder name in
         :data:`ajpq_env.models.MODELS`
     """
+    path = Path(path)
     header, offset = read_header(path)
+    data = _read_payload(path, header, offset)
     if builder is None:
         from ajpq_env.models import build_model
 
@@ -176,31 +314,45 @@ def load(path: str | Path, builder: Callable[..., nn.Module] | None = None) -> n
     graph = CompressionGraph(model, torch.zeros(header["input_shape"]), header["importance"])
     policy = Policy.from_dict(header["recipe"])
     policy.validate(graph)
+    a_bits = header["a_bits"]
+    expected = CostModel(graph, a_bits)(policy).size_bytes
+    if expected != len(data):
+        raise ValueError(f"{str(path)!r}: payload is {len(data)} bytes, the recipe's network needs {expected}")
     physically_prune(model, graph, pruned_indices(graph, policy))
-    data = Path(path).read_bytes()[offset:]
     pos = 0
 
     def take(n: int) -> bytes:
         nonlocal pos
-        if pos + n > len(data):
-            raise ValueError(f"{str(path)!r}: payload truncated at byte {pos} (needs {n} more)")
         chunk = data[pos : pos + n]
         pos += n
         return chunk
 
-    state = model.state_dict()
-    with torch.no_grad():
-        for layer in graph.layers:
-            weight = state[f"{layer.name}.weight"]
-            bits = policy[layer.name][policy[layer.name] > 0]
-            per_channel = weight[0].numel()
-            codes = unpack_codes(take(_packed_length(bits, per_channel)), bits, per_channel)
-            scales = np.frombuffer(take(4 * bits.size), dtype="<f4")
-            values = torch.from_numpy(codes.astype(np.float32)) * torch.from_numpy(scales.copy())[:, None]
-            weight.copy_(values.view_as(weight))
-        for _, tensor in _other_tensors(model, graph):
-            raw = np.frombuffer(take(4 * tensor.numel()), dtype="<f4").copy()
-            tensor.copy_(torch.from_numpy(raw).view_as(tensor))
-    if pos != len(data):
-        raise ValueError(f"{str(path)!r}: {len(data) - pos} unexpected trailing bytes after the payload")
-    return model
+    def vector(k: int, what: str) -> torch.Tensor:
+        (exponent,) = struct.unpack("<b", take(1))
+        values = decode_f16e(exponent, np.frombuffer(take(2 * k), dtype="<f2"))
+        if not torch.isfinite(values).all():
+            raise ValueError(f"{str(path)!r}: non-finite {what}: the file is corrupt")
+        return values
+
+    folded: dict[str, FoldedLayer] = {}
+    for layer in graph.layers:
+        weight = model.get_submodule(layer.name).weight
+        bits = policy[layer.name][policy[layer.name] > 0].astype(np.int64)
+        per_channel = weight[0].numel()
+        codes = unpack_codes(take(_packed_length(bits, per_channel)), bits, per_channel)
+        scale = vector(bits.size, f"scale in layer {layer.name!r}")
+        if (scale <= 0).any():
+            raise ValueError(f"{str(path)!r}: non-positive scale in layer {layer.name!r}: the file is corrupt")
+        bias = vector(bits.size, f"bias in layer {layer.name!r}") if layer.stored_bias else None
+        folded[layer.name] = FoldedLayer(torch.from_numpy(codes.astype(np.float32)).view_as(weight), bits, scale,
+                                         bias, graph.deploy.batchnorm[layer.name])
+    qparams: list[tuple[float, int]] | None = None
+    if a_bits <= 8:
+        qparams = []
+        for _ in range(graph.deploy.quantizers):
+            scale, zero_point = struct.unpack("<fB", take(QUANTIZER_BYTES))
+            if not (math.isfinite(scale) and scale > 0) or zero_point > 2**a_bits - 1:
+                raise ValueError(f"{str(path)!r}: activation quantizer with scale {scale!r} and zero point "
+                                 f"{zero_point} at {a_bits} bits: the file is corrupt")
+            qparams.append((scale, zero_point))
+    return to_deployed(model, graph, policy, [], a_bits, qparams=qparams, folded=folded)

@@ -18,7 +18,10 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ajpq_env.compression import CompressionGraph, Policy, physically_prune, pruned_indices, quantize_weight
+from ajpq_env.compression.graph import CompressionGraph
+from ajpq_env.compression.policy import Policy
+from ajpq_env.compression.quantize import quantize_weight
+from ajpq_env.compression.simulate import physically_prune, pruned_indices
 
 __all__ = ["FakeQuantize", "freeze", "grid_errors", "kept_bits", "prepare_qat"]
 

@@ -2,7 +2,8 @@
 
 A fine-tuning output folder holds::
 
-    model.pt        torch.save of {"format", "architecture", "recipe", "state_dict", "metrics"}
+    model.pt        torch.save of {"format", "architecture", "recipe", "state_dict", "metrics", "a_bits",
+                    "act_qparams"}
                     (plain tensors and JSON-like values: torch.load(path, weights_only=True) reads it)
     recipe.json     the recipe (same as in model.pt), for other tools
     finetune.json   settings, per-epoch history, metrics, the recipe's cost (what `ajpq report` shows)
@@ -10,11 +11,14 @@ A fine-tuning output folder holds::
 :meth:`Finetuned.load` rebuilds the architecture, removes the recipe's pruned channels with the engine's
 :func:`~ajpq_env.compression.physically_prune`, loads the state dict strictly and checks that every
 compressible weight is on the recipe's quantization grid, so ``ajpq export`` packs exactly what was trained.
+``act_qparams`` are the ``(scale, zero point)`` of its activation quantizers as calibrated at the end of training
+(:meth:`Finetuned.deployable` rebuilds the deployed network without any data).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,12 +28,14 @@ import torch
 from torch import nn
 
 from ajpq_env.compression import CompressionGraph, CostModel, Policy, physically_prune, pruned_indices
+from ajpq_env.compression.actquant import ACT_BITS
+from ajpq_env.compression.pipeline import Deployable
 from ajpq_env.compression.qat import grid_errors
 from ajpq_env.deploy.resolve import Architecture, fit_recipe
 
 __all__ = ["CHECKPOINT_FORMAT", "Finetuned"]
 
-CHECKPOINT_FORMAT = "ajpq-finetuned/1"
+CHECKPOINT_FORMAT = "ajpq-finetuned/2"
 MODEL_FILE = "model.pt"
 RECIPE_FILE = "recipe.json"
 SUMMARY_FILE = "finetune.json"
@@ -48,6 +54,8 @@ class Finetuned:
     :param history: one dict per epoch (``epoch``, ``loss``, ``train_metric``, ``lr``, ``search``, ``seconds``)
     :param config: the fine-tuning settings
     :param seconds: wall time of the fine-tuning (s)
+    :param a_bits: activation bit-width of the deployed network
+    :param qparams: ``(scale, zero point)`` of every activation quantizer (``a_bits`` <= 8), in graph order
     """
 
     model: nn.Module
@@ -57,6 +65,12 @@ class Finetuned:
     history: list[dict[str, Any]] = field(default_factory=list)
     config: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
+    a_bits: int = 32
+    qparams: list[tuple[float, int]] | None = None
+
+    def deployable(self) -> Deployable:
+        """The model with its stored activation ranges, ready for :func:`~ajpq_env.deploy.export_model`."""
+        return Deployable(self.model, self.policy, self.a_bits, qparams=self.qparams)
 
     def graph(self) -> CompressionGraph:
         """The compression graph of the *uncompressed* architecture (what export and the cost model need)."""
@@ -64,7 +78,7 @@ class Finetuned:
 
     def cost(self, graph: CompressionGraph | None = None) -> dict[str, Any]:
         """The recipe's cost: ``size_bytes`` (packed payload), MACs, BitOPs, and ratios against FP32."""
-        costs = CostModel(graph or self.graph())
+        costs = CostModel(graph or self.graph(), self.a_bits)
         cost = costs(self.policy)
         return {**cost.to_dict(), "fp32_size_bytes": costs.fp32.size_bytes,
                 **{f"{k}_ratio": v for k, v in cost.ratios(costs.fp32).items()}}
@@ -75,7 +89,8 @@ class Finetuned:
         out.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
         torch.save({"format": CHECKPOINT_FORMAT, "architecture": self.architecture.to_dict(),
-                    "recipe": self.policy.to_dict(), "state_dict": state, "metrics": dict(self.metrics)},
+                    "recipe": self.policy.to_dict(), "state_dict": state, "metrics": dict(self.metrics),
+                    "a_bits": self.a_bits, "act_qparams": [list(q) for q in self.qparams or []]},
                    out / MODEL_FILE)
         self.policy.save(out / RECIPE_FILE)
         summary = {
@@ -114,7 +129,31 @@ class Finetuned:
         problems = grid_errors(model, graph, policy, rtol=GRID_RTOL)
         if problems:
             raise ValueError(f"{str(path)!r}: weights are not on the recipe's quantization grid: {'; '.join(problems)}")
+        a_bits, qparams = _activation_ranges(data, graph, path)
         summary_path = path.parent / SUMMARY_FILE
         summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
         return cls(model, policy, architecture, dict(data.get("metrics", {})), summary.get("history", []),
-                   summary.get("config", {}), float(summary.get("seconds", 0.0)))
+                   summary.get("config", {}), float(summary.get("seconds", 0.0)), a_bits, qparams)
+
+
+def _activation_ranges(data: dict[str, Any], graph: CompressionGraph, path: Path) -> tuple[int, list | None]:
+    """``a_bits`` and the activation quantizers' ``(scale, zero point)`` of a checkpoint, checked."""
+    a_bits = data.get("a_bits")
+    if a_bits not in ACT_BITS:
+        raise ValueError(f"{str(path)!r}: a_bits must be one of {list(ACT_BITS)}, got {a_bits!r}")
+    if a_bits == 32:
+        return a_bits, None
+    raw = data.get("act_qparams")
+    if not isinstance(raw, list) or len(raw) != graph.deploy.quantizers:
+        raise ValueError(f"{str(path)!r}: expected {graph.deploy.quantizers} activation ranges, got "
+                         f"{len(raw) if isinstance(raw, list) else type(raw).__name__}")
+    qparams = []
+    for item in raw:
+        ok = isinstance(item, list | tuple) and len(item) == 2
+        scale, zero_point = item if ok else (None, None)
+        if not (ok and isinstance(scale, float) and math.isfinite(scale) and scale > 0 and isinstance(zero_point, int)
+                and not isinstance(zero_point, bool) and 0 <= zero_point < 2**a_bits):
+            raise ValueError(f"{str(path)!r}: bad activation range {item!r} (expected [scale > 0, zero point in "
+                             f"0..{2**a_bits - 1}])")
+        qparams.append((scale, zero_point))
+    return a_bits, qparams

@@ -25,7 +25,8 @@ from ajpq_env.deploy._cli import existing_file, option, parse_config, set_thread
 from ajpq_env.deploy.export import MANIFEST_FILE
 from ajpq_env.deploy.onnx_export import onnx_session
 from ajpq_env.deploy.resolve import Architecture, check_recipe_data, load_splits, recipe_task_name
-from ajpq_env.tasks import Split
+from ajpq_env.tasks import TASKS, Split
+from ajpq_env.tasks.metrics import Metric, get_metric
 
 __all__ = ["ArtefactEvaluation", "EvaluateArgs", "evaluate_artefact", "main", "run_onnx", "run_torch"]
 
@@ -100,6 +101,7 @@ def evaluate_artefact(
     onnx_path: str | os.PathLike[str] | None = None,
     split_name: str = "test",
     batch_size: int = 500,
+    metric: Metric | str = "top1",
 ) -> ArtefactEvaluation:
     """Run the packed artefact (package loader) and optionally its ONNX file (onnxruntime) on ``split``.
 
@@ -108,7 +110,9 @@ def evaluate_artefact(
     :param onnx_path: the ONNX file; ``None`` skips onnxruntime
     :param split_name: the split's name, for the record
     :param batch_size: samples per forward pass
+    :param metric: the task's metric (a :class:`~ajpq_env.tasks.metrics.Metric` or its name)
     """
+    metric = get_metric(metric) if isinstance(metric, str) else metric
     path = Path(path)
     header, offset = packed.read_header(path)
     policy = Policy.from_dict(header["recipe"])
@@ -120,7 +124,7 @@ def evaluate_artefact(
     file_bytes = path.stat().st_size
     result = ArtefactEvaluation(
         artefact=str(path), task=architecture.task, split=split_name, samples=len(split),
-        metric=float((logits.argmax(1) == labels).mean()), loader_ms=1000 * seconds / len(split),
+        metric=float(metric.scores(logits, labels).mean()), loader_ms=1000 * seconds / len(split),
         file_bytes=file_bytes, header_bytes=offset, payload_bytes=file_bytes - offset,
         size_bytes=costs(policy).size_bytes, fp32_size_bytes=costs.fp32.size_bytes,
     )
@@ -128,10 +132,10 @@ def evaluate_artefact(
         onnx_path = existing_file(Path(onnx_path), "ONNX file")
         onnx_logits, onnx_seconds = run_onnx(onnx_session(onnx_path), split, batch_size)
         result.onnx, result.onnx_bytes = str(onnx_path), onnx_path.stat().st_size
-        result.onnx_metric = float((onnx_logits.argmax(1) == labels).mean())
+        result.onnx_metric = float(metric.scores(onnx_logits, labels).mean())
         result.onnx_ms = 1000 * onnx_seconds / len(split)
         result.max_abs_diff = float(np.abs(onnx_logits - logits).max())
-        result.agreement = float((onnx_logits.argmax(1) == logits.argmax(1)).mean())
+        result.agreement = metric.agreement(onnx_logits, logits)
     return result
 
 
@@ -184,9 +188,9 @@ def _print(result: ArtefactEvaluation, manifest: dict[str, Any]) -> None:
           f"{result.payload_bytes:,} B; reported size {result.size_bytes:,} B ({ratio:.4f} of FP32 "
           f"{result.fp32_size_bytes:,} B): {'match' if result.size_matches else 'MISMATCH'}")
     print(f"{result.split} split of {result.task or '?'} ({result.samples} samples):")
-    print(f"  package loader  top-1 {result.metric:.4f}  {result.loader_ms:.3f} ms/sample")
+    print(f"  package loader  metric {result.metric:.4f}  {result.loader_ms:.3f} ms/sample")
     if result.onnx is not None:
-        print(f"  onnxruntime     top-1 {result.onnx_metric:.4f}  {result.onnx_ms:.3f} ms/sample  "
+        print(f"  onnxruntime     metric {result.onnx_metric:.4f}  {result.onnx_ms:.3f} ms/sample  "
               f"({result.onnx_bytes:,} B)")
         print(f"  max |logit difference| {result.max_abs_diff:.2e}, same prediction on {result.agreement:.2%}")
     recorded = manifest.get("metrics", {}).get(result.split)
@@ -218,8 +222,9 @@ def main(argv: list[str] | None = None) -> int:
             onnx_path = args.artefact.with_suffix(".onnx")
         if onnx_path is not None:
             _check_onnx(onnx_path)
+        metric = TASKS[name].metric if name in TASKS else "top1"
         result = evaluate_artefact(args.artefact, split, onnx_path=onnx_path, split_name=args.split,
-                                   batch_size=args.batch_size)
+                                   batch_size=args.batch_size, metric=metric)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"ajpq evaluate: error: {err}", file=sys.stderr)
         return 2

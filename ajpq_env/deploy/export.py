@@ -2,8 +2,9 @@
 
 ``SOURCE`` is either a fine-tuning output (``ajpq finetune``'s folder or its ``model.pt``) or a recipe JSON
 (or a run folder holding ``best_recipe.json``). A recipe is compressed exactly as the search measured it (the
-env's :class:`~ajpq_env.envs.Evaluator`: physically pruned, quantized, BatchNorm recalibrated with the recipe's
-settings), so the artefact scores what the search reported. The output folder holds::
+engine's :class:`~ajpq_env.compression.pipeline.Compressor` with the recipe's settings: physically pruned and
+quantized, BatchNorm recalibrated and folded, activations calibrated), so the artefact scores what the search
+reported. The output folder holds::
 
     model.ajpq    the packed file (:mod:`ajpq_env.compression.packed`): JSON header + payload whose length is
                   the recipe's CostModel size_bytes; `ajpq evaluate` and `ajpq_env.compression.load` read it
@@ -13,7 +14,8 @@ settings), so the artefact scores what the search reported. The output folder ho
 Library use::
 
     >>> from ajpq_env.deploy import export_model
-    >>> manifest = export_model(compressed, policy, Architecture.from_task(task), "out")  # doctest: +SKIP
+    >>> deployable = compress_as_searched(task, policy, graph)                      # doctest: +SKIP
+    >>> manifest = export_model(deployable, Architecture.from_task(task), "out")      # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -25,9 +27,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from torch import nn
-
 from ajpq_env.compression import CompressionGraph, CostModel, Policy, packed
+from ajpq_env.compression.pipeline import Deployable, DeploySettings
 from ajpq_env.compression.qat import grid_errors
 from ajpq_env.deploy._cli import check_output_folder, option, parse_config, set_threads
 from ajpq_env.deploy.checkpoint import MODEL_FILE, Finetuned
@@ -43,8 +44,7 @@ MANIFEST_FILE = "export.json"
 
 
 def export_model(
-    model: nn.Module,
-    policy: Policy,
+    deployable: Deployable,
     architecture: Architecture,
     out_dir: str | os.PathLike[str],
     *,
@@ -54,29 +54,35 @@ def export_model(
 ) -> dict[str, Any]:
     """Write ``model.ajpq``, ``model.onnx`` (unless ``onnx_format`` is ``None``) and ``export.json``.
 
-    :param model: the physically pruned model with weights on the recipe's grid (``compress(...)``, a
-        fine-tuned model); refused when its shapes or weights are not the recipe's
-    :param policy: the recipe; refused when its meta names another task or model than ``architecture``
+    :param deployable: the compressed model (physically pruned, weights on the recipe's grid, as
+        :func:`compress_as_searched` or `ajpq finetune` give) with its activation calibration; refused when its
+        shapes or weights are not the recipe's
     :param architecture: the uncompressed architecture (builder, kwargs, input shape) the loader rebuilds
     :param out_dir: output folder (created)
-    :param onnx_format: ``"qdq"``, ``"fp32"`` or ``None`` for no ONNX file
+    :param onnx_format: ``"qdq"`` (the deployed network: integer kernels with 8-bit activations), ``"fp32"``
+        (the same folded weights, float activations) or ``None`` for no ONNX file
     :param graph: compression graph of the uncompressed architecture (built when not given)
     :param extra: more JSON-serialisable entries for the manifest (e.g. ``source``, ``metrics``)
     :return: the manifest (also written to ``export.json``)
     """
     if onnx_format is not None and onnx_format not in ONNX_FORMATS:
         raise ValueError(f"onnx_format must be one of {ONNX_FORMATS} or None, got {onnx_format!r}")
+    policy, a_bits = deployable.policy, deployable.a_bits
     graph = graph or architecture.graph()
     fit_recipe(policy, graph, task=architecture.task, model=architecture.builder)
-    problems = grid_errors(model, graph, policy, rtol=1e-6)
+    problems = grid_errors(deployable.model, graph, policy, rtol=1e-6)
     if problems:
         raise ValueError("the model is not the recipe's compressed model (expected 0-bit channels removed and "
                          "weights on the recipe's grid, as compress() or `ajpq finetune` give): " + "; ".join(problems))
+    if onnx_format == "qdq" and a_bits not in (8, 32):
+        raise ValueError(f"the qdq ONNX file needs 8-bit activations (QuantizeLinear is uint8), the recipe has "
+                         f"a_bits={a_bits}; use --onnx fp32 or --onnx none")
+    deployed = deployable.deployed(graph)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    info = packed.export(model, graph, policy, out / ARTEFACT_FILE, builder=architecture.builder,
-                         builder_kwargs=architecture.builder_kwargs)
-    costs = CostModel(graph)
+    info = packed.export(deployed, graph, policy, out / ARTEFACT_FILE, builder=architecture.builder,
+                         builder_kwargs=architecture.builder_kwargs, a_bits=a_bits)
+    costs = CostModel(graph, a_bits)
     cost = costs(policy)
     if info.payload_bytes != cost.size_bytes:  # the engine's contract; never ship an artefact that breaks it
         raise RuntimeError(f"packed payload is {info.payload_bytes} B but the cost model says {cost.size_bytes} B")
@@ -84,6 +90,7 @@ def export_model(
         "task": architecture.task,
         "architecture": architecture.to_dict(),
         "recipe_digest": policy.digest(),
+        "a_bits": a_bits,
         "artefact": {"file": ARTEFACT_FILE, "file_bytes": info.file_bytes, "header_bytes": info.header_bytes,
                      "payload_bytes": info.payload_bytes},
         "cost": {**cost.to_dict(), "fp32_size_bytes": costs.fp32.size_bytes,
@@ -91,28 +98,21 @@ def export_model(
         "onnx": None,
     }
     if onnx_format is not None:
-        path = export_onnx(model, graph, policy, out / ONNX_FILE, architecture.example_input(),
-                           onnx_format=onnx_format)
+        network = deployed if onnx_format == "qdq" else deployable.deployed(graph, a_bits=32)
+        path = export_onnx(network, out / ONNX_FILE, architecture.example_input())
         manifest["onnx"] = {"file": ONNX_FILE, "format": onnx_format, "file_bytes": path.stat().st_size}
     manifest.update(extra or {})
     (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
     return manifest
 
 
-def compress_as_searched(task: Task, policy: Policy, graph: CompressionGraph) -> nn.Module:
-    """The compressed model the search measured for ``policy``: the env's evaluator with the recipe's settings."""
+def compress_as_searched(task: Task, policy: Policy, graph: CompressionGraph) -> Deployable:
+    """The compressed model the search measured for ``policy``: the engine's :class:`Compressor` with the
+    recipe's deployment settings (its ``meta``, bounded: :class:`DeploySettings`), as the env's evaluator builds it."""
     from ajpq_env.envs.evaluator import Evaluator
 
-    meta = policy.meta
-    evaluator = Evaluator(
-        task, graph,
-        bn_calibration_batches=int(meta.get("bn_calibration_batches", 1)),
-        calibration_batch_size=int(meta.get("calibration_batch_size", 64)),
-        finetune_steps=int(meta.get("finetune_steps", 0)),
-        finetune_lr=float(meta.get("finetune_lr", 1e-3)),
-        cache_size=0,
-    )
-    return evaluator.compressed_model(policy)
+    settings = DeploySettings.from_meta(policy.meta)
+    return Evaluator(task, graph, settings, cache_size=0).compressor.deployable(policy)
 
 
 # --------------------------------------------------------------------------------------------- command line
@@ -123,7 +123,8 @@ class ExportArgs:
     source: Path = option(help="fine-tuning output (folder or model.pt), or a recipe JSON / run folder to export "
                                "without fine-tuning", positional=True, metavar="SOURCE")
     out: Path | None = option(None, "output folder; default: 'export' next to the fine-tuning folder or recipe")
-    onnx: str = option("qdq", "ONNX file: int8 weights + DequantizeLinear (qdq), float32 weights (fp32), or none",
+    onnx: str = option("qdq", "ONNX file: the deployed network for onnxruntime's integer kernels (qdq), the same "
+                              "weights with float activations (fp32), or none",
                        choices=(*ONNX_FORMATS, "none"))
     task: str | None = option(None, "recipe source only: task name; default: the recipe's meta['task']")
     data: str | None = option(None, "recipe source only: data set root (BatchNorm calibration); default $AJPQ_DATA")
@@ -152,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         check_output_folder(out, "--out")
         if _is_checkpoint(source):
             tuned = Finetuned.load(source)
-            model, policy, architecture = tuned.model, tuned.policy, tuned.architecture
+            deployable, policy, architecture = tuned.deployable(), tuned.policy, tuned.architecture
             if args.task is not None:
                 recipe_task_name(policy, args.task, source=f"checkpoint {str(source)!r}")
             folder = source if source.is_dir() else source.parent
@@ -165,11 +166,12 @@ def main(argv: list[str] | None = None) -> int:
             architecture = Architecture.from_task(task, str(policy.meta.get("importance", "l1")))
             graph = architecture.graph(task.model)
             fit_recipe(policy, graph, task=task.name, model=task.spec.model, source=f"recipe {str(recipe_path)!r}")
-            model = compress_as_searched(task, policy, graph)
+            deployable = compress_as_searched(task, policy, graph)
             folder = recipe_path.parent
-            metrics = {"search": task.evaluate(model, "search")}  # what the search reported for this recipe
+            # what the search reported for this recipe
+            metrics = {"search": task.evaluate(deployable.deployed(graph), "search")}
             extra = {"source": {"kind": "recipe", "path": str(recipe_path)}, "metrics": metrics}
-        manifest = export_model(model, policy, architecture, out, onnx_format=onnx_format, extra=extra)
+        manifest = export_model(deployable, architecture, out, onnx_format=onnx_format, extra=extra)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"ajpq export: error: {err}", file=sys.stderr)
         return 2

@@ -24,6 +24,7 @@ import dataclasses
 import math
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,11 +35,13 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ajpq_env.compression import CompressionGraph, Policy, compress
+from ajpq_env.compression.actquant import calibrate, insert_quantizers
+from ajpq_env.compression.integer import activation_qparams, trace
+from ajpq_env.compression.pipeline import Deployable, DeploySettings, calibration_indices, recalibrate_batchnorm
 from ajpq_env.compression.qat import freeze, grid_errors, prepare_qat
 from ajpq_env.deploy._cli import check_output_folder, finite, option, parse_configs, set_threads
 from ajpq_env.deploy.checkpoint import Finetuned
 from ajpq_env.deploy.resolve import Architecture, fit_recipe, load_recipe, recipe_task_name, resolve_task
-from ajpq_env.envs.evaluator import recalibrate_batchnorm
 from ajpq_env.tasks import Task
 
 __all__ = ["AUGMENTATION", "FinetuneArgs", "FinetuneConfig", "augment", "finetune", "main"]
@@ -64,6 +67,12 @@ class FinetuneConfig:
     crop_pad: int | None = option(None, "random-crop padding (pixels, 0..64); default per data set: CIFAR-10 4, MNIST 2",
                                   low=0, high=64)
     flip: bool | None = option(None, "random horizontal flips; default per data set: on for CIFAR-10")
+    act_quant_fraction: float = option(0.3, "fraction of the training steps, at the end, that also fake-quantize "
+                                            "activations (straight-through, ranges following the batches) with "
+                                            "BatchNorm statistics frozen as the deployed network folds them; the "
+                                            "steps before train the weights alone, so a damaged network can recover "
+                                            "first (0 = weights only; ignored with float activations)",
+                                       low=0.0, high=1.0)
     bn_recalibration_batches: int = option(8, "clean training batches to re-estimate BatchNorm statistics at the end "
                                               "(0..10000)", low=0, high=10_000)
     eval_batch_size: int = option(500, "batch size of evaluation passes (samples), 1..65536", low=1, high=65_536)
@@ -103,8 +112,7 @@ def augment(x: torch.Tensor, pad: int, flip: bool, generator: torch.Generator) -
 
 def _calibration_batches(task: Task, batches: int, batch_size: int) -> list[torch.Tensor]:
     train = task.splits["train"]
-    order = np.random.default_rng(0).permutation(len(train))[: batches * batch_size]
-    return [train.batch(np.sort(order[i : i + batch_size]))[0] for i in range(0, len(order), batch_size)]
+    return [train.batch(index)[0] for index in calibration_indices(len(train), batches, batch_size)]
 
 
 def _optimizer(model: nn.Module, config: FinetuneConfig) -> torch.optim.Optimizer:
@@ -125,14 +133,21 @@ def _train(
     total: int,
     pad: int,
     flip: bool,
+    late_phase: tuple[int, Callable[[], None]] | None = None,
 ) -> list[dict[str, float]]:
-    """The training epochs; one history row per epoch."""
+    """The training epochs; one history row per epoch. ``late_phase = (step, start)``: ``start()`` is called
+    before global step ``step``, and BatchNorm statistics stay frozen from then on."""
     train = task.splits["train"]
+    frozen = False
+    step = 0
+    metric = task.metric
     history: list[dict[str, float]] = []
     bar = tqdm(total=total, desc=f"fine-tune {task.name}", unit="step", disable=not config.progress, leave=False)
     for epoch in range(config.epochs):
         epoch_start = time.perf_counter()
         model.train()
+        if frozen:
+            _freeze_batchnorm(model)
         order = torch.randperm(len(train), generator=generator)[:per_epoch].numpy()
         seen = loss_sum = correct = 0
         for i in range(0, per_epoch, config.batch_size):
@@ -141,16 +156,22 @@ def _train(
                 schedule.step()
                 bar.update(1)
                 continue
+            if late_phase is not None and not frozen and step >= late_phase[0]:
+                late_phase[1]()
+                model.train()
+                _freeze_batchnorm(model)
+                frozen = True
+            step += 1
             x, y = train.batch(index)
             logits = model(augment(x, pad, flip, generator))
-            loss = F.cross_entropy(logits, y)
+            loss = metric.loss(logits, y)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             schedule.step()
             seen += len(y)
             loss_sum += float(loss.detach()) * len(y)
-            correct += int((logits.argmax(1) == y).sum())
+            correct += float(metric.scores(logits.detach(), y).sum())
             bar.update(1)
             bar.set_postfix(epoch=epoch + 1, loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
                             lr=f"{optimizer.param_groups[0]['lr']:.2g}")
@@ -165,6 +186,12 @@ def _train(
                       + (f", search {row['search']:.4f}" if "search" in row else ""))
     bar.close()
     return history
+
+
+def _freeze_batchnorm(model: nn.Module) -> None:
+    for module in model.modules():
+        if isinstance(module, nn.modules.batchnorm._BatchNorm):
+            module.eval()
 
 
 def finetune(
@@ -194,24 +221,31 @@ def finetune(
     pad = pad if config.crop_pad is None else config.crop_pad
     flip = flip if config.flip is None else config.flip
     calibration = _calibration_batches(task, config.bn_recalibration_batches, config.batch_size)
+    a_bits = DeploySettings.from_meta(policy.meta).a_bits  # deploy as the search measured: same activation bits
     metrics: dict[str, float] = {}
     if config.evaluate_baselines:
         metrics["fp32_test"] = task.fp32_metric("test", config.eval_batch_size)
         before = compress(task.model, graph, policy, validate=False)  # as the search measured it, but on test
         recalibrate_batchnorm(before, calibration)
-        metrics["before_test"] = task.evaluate(before, "test", config.eval_batch_size)
+        before_deployed = Deployable(before, policy, a_bits, calibration).deployed(graph)
+        metrics["before_test"] = task.evaluate(before_deployed, "test", config.eval_batch_size)
 
     model = prepare_qat(task.model, graph, policy)
+    trainer, start_late_phase = _with_activation_quantizers(model, calibration, a_bits)
     train = task.splits["train"]
     per_epoch = len(train) if config.samples_per_epoch is None else min(len(train), config.samples_per_epoch)
     steps_per_epoch = math.ceil(per_epoch / config.batch_size)
     total = config.epochs * steps_per_epoch
-    optimizer = _optimizer(model, config)
+    late_phase = None
+    if start_late_phase is not None and config.act_quant_fraction > 0:
+        late_phase = (round(total * (1.0 - config.act_quant_fraction)), start_late_phase)
+    optimizer = _optimizer(trainer, config)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * step / total)))
     generator = torch.Generator().manual_seed(config.seed)
     with torch.random.fork_rng(devices=[]):  # dropout draws from the global generator: seed it, then restore it
         torch.manual_seed(config.seed)
-        history = _train(model, task, config, optimizer, schedule, generator, per_epoch, total, pad, flip)
+        history = _train(trainer, task, config, optimizer, schedule, generator, per_epoch, total, pad, flip,
+                         late_phase)
 
     freeze(model)
     recalibrate_batchnorm(model, calibration)
@@ -219,10 +253,36 @@ def finetune(
     problems = grid_errors(model, graph, policy)
     if problems:  # an invariant of freeze(); report rather than export something that is not the recipe
         raise RuntimeError("fine-tuned weights left the recipe's grid: " + "; ".join(problems))
-    metrics["search"] = task.evaluate(model, "search", config.eval_batch_size)
-    metrics["test"] = task.evaluate(model, "test", config.eval_batch_size)
+    for name, value in model.state_dict().items():
+        if torch.is_floating_point(value) and not torch.isfinite(value).all():
+            raise ValueError(f"fine-tuning diverged: {name} holds non-finite values; lower --lr")
+    deployed = Deployable(model, policy, a_bits, calibration).deployed(graph)
+    metrics["search"] = task.evaluate(deployed, "search", config.eval_batch_size)
+    metrics["test"] = task.evaluate(deployed, "test", config.eval_batch_size)
+    qparams = activation_qparams(deployed) if a_bits <= 8 else None
     return Finetuned(model, policy, architecture, metrics, history, dataclasses.asdict(config),
-                     time.perf_counter() - start)
+                     time.perf_counter() - start, a_bits, qparams)
+
+
+def _with_activation_quantizers(
+    model: nn.Module, calibration: list[torch.Tensor], a_bits: int
+) -> tuple[nn.Module, Callable[[], None] | None]:
+    """``model`` (unchanged) traced with activation quantizers at ``a_bits`` (passing values through until
+    started), and the function that starts them: recalibrate BatchNorm, calibrate the ranges on ``calibration``
+    and switch to straight-through fake quantization. The traced model shares ``model``'s parameters, so training
+    it trains ``model``. Float activations: ``(model, None)``."""
+    if a_bits > 8:
+        return model, None
+    trainer = trace(model)
+    quantizers = insert_quantizers(trainer, a_bits)
+    for quantizer in quantizers:
+        quantizer.mode = "off"
+
+    def start() -> None:
+        recalibrate_batchnorm(model, calibration)
+        calibrate(trainer, calibration, mode="fake")
+
+    return trainer, start
 
 
 # --------------------------------------------------------------------------------------------- command line

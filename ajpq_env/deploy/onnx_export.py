@@ -1,15 +1,20 @@
-"""ONNX export of a physically pruned, quantized network, for onnxruntime and other tools.
+"""ONNX export of the deployed network (:func:`ajpq_env.compression.integer.to_deployed`) for onnxruntime.
 
-Two formats (opset 17, TorchScript exporter, dynamic batch axis, input ``"input"``, output ``"logits"``):
+The file is a QDQ graph (opset 17, TorchScript exporter, dynamic batch axis, input ``"input"``, output
+``"logits"``) that onnxruntime's graph optimiser turns into integer kernels (``QLinearConv``, ``QGemm``):
 
-* ``"qdq"`` (default) — every compressible layer's weight is stored as its int8 integer codes with one float32
-  scale per output channel and decoded by a per-axis ``DequantizeLinear`` (axis 0, zero point 0), exactly
-  ``codes x scale`` as the packed file's loader computes it. BatchNorm stays a separate node so that the
-  weights keep their grid. int8 is the narrowest element type opset 17 offers for per-channel mixed
-  bit-widths (2..8 bits); the bit-level packing is the ``.ajpq`` file's job.
-* ``"fp32"`` — dequantized float32 weights, BatchNorm folded into the convolutions by the exporter.
+* every activation quantizer is a ``QuantizeLinear`` -> ``DequantizeLinear`` pair (uint8, per tensor);
+* every layer is ``DequantizeLinear(codes)`` (per output channel) -> ``Conv``/``Gemm`` with an int32 bias
+  ``DequantizeLinear(round(b / (s_x s_w)), s_x s_w)``, then the ReLU/ReLU6 it had (``Relu``/``Clip``, which the
+  optimiser drops because the output quantizer's range makes them redundant), then the output quantizer;
+* weights are int8 codes with zero point 0, except in layers holding an 8-bit channel, whose codes are stored as
+  uint8 with zero point 128: on CPUs without AVX-VNNI, onnxruntime's u8s8 kernels add pairs of ``u8 x s8``
+  products in 16 bits and saturate when both weights reach +-127 (measured here); its u8u8 kernels do not.
 
-Activations stay float32 in both: the recipe quantizes weights only.
+The weights stay int8 in the file because onnxruntime has no integer ``Conv`` kernel for int4 weights (an int4
+``DequantizeLinear`` before a ``Conv`` runs as a float convolution); the bit-packed ``.ajpq`` file stores the
+true bit-widths. A deployed network with float activations (``a_bits=32``, or the ``"fp32"`` format of
+``ajpq export``) exports as ``DequantizeLinear`` weights feeding float operators.
 """
 
 from __future__ import annotations
@@ -23,88 +28,105 @@ import numpy as np
 import torch
 from torch import nn
 
-from ajpq_env.compression import CompressionGraph, Policy, quantize_codes
-from ajpq_env.compression.qat import kept_bits
+from ajpq_env.compression.actquant import qdq_symbolic, quantizers_of, untraced
 
-__all__ = ["ONNX_FORMATS", "ONNX_OPSET", "export_onnx", "onnx_session"]
+__all__ = ["INPUT_NAME", "ONNX_FORMATS", "ONNX_OPSET", "OUTPUT_NAME", "export_onnx", "onnx_session"]
 
+#: ``qdq``: the deployed network as searched (integer activations when ``a_bits`` is 8);
+#: ``fp32``: the same folded weights with float activations.
 ONNX_FORMATS = ("qdq", "fp32")
 ONNX_OPSET = 17
 INPUT_NAME, OUTPUT_NAME = "input", "logits"
 
 
-def _torch_export(model: nn.Module, example_input: torch.Tensor, *, fold_batchnorm: bool) -> bytes:
-    buffer = io.BytesIO()
-    mode = torch.onnx.TrainingMode.EVAL if fold_batchnorm else torch.onnx.TrainingMode.PRESERVE
-    was_training = model.training
-    model.eval()
-    try:
-        with warnings.catch_warnings():
-            # The TorchScript exporter is deprecated in favour of dynamo, which is not yet reliable for these CNNs.
-            warnings.simplefilter("ignore", DeprecationWarning)
-            warnings.filterwarnings("ignore", message=".*constant folding.*")
-            torch.onnx.export(
-                model, (example_input,), buffer, dynamo=False, opset_version=ONNX_OPSET, training=mode,
-                do_constant_folding=fold_batchnorm, input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
-                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
-            )
-    finally:
-        model.train(was_training)
-    return buffer.getvalue()
+def _const(g, value: np.ndarray | float | int, dtype: torch.dtype):  # noqa: ANN001, ANN202
+    return g.op("Constant", value_t=torch.as_tensor(np.asarray(value)).to(dtype))
 
 
-def _to_qdq(proto: object, model: nn.Module, graph: CompressionGraph, policy: Policy) -> None:
-    """Replace each compressible weight initializer by int8 codes + scales + a per-axis DequantizeLinear."""
-    from onnx import helper, numpy_helper
+def _layer_symbolic(g, x, layer):  # noqa: ANN001, ANN202 (torch.onnx's graph context)
+    """ONNX nodes of one :class:`~ajpq_env.compression.integer.QuantLayer` (see the module docstring)."""
+    codes = layer.codes.to(torch.int64)
+    channels = codes.shape[0]
+    if int(layer.bits.max()) >= 8:  # u8u8 kernels: no 16-bit saturation (see the module docstring)
+        w = _const(g, (codes + 128).numpy(), torch.uint8)
+        w_zero = _const(g, np.full(channels, 128), torch.uint8)
+    else:
+        w = _const(g, codes.numpy(), torch.int8)
+        w_zero = _const(g, np.zeros(channels), torch.int8)
+    weight = g.op("DequantizeLinear", w, _const(g, layer.scale.numpy(), torch.float32), w_zero, axis_i=0)
+    inputs = [x, weight]
+    if layer.bias is not None:
+        if layer.input is None:  # float activations: a float bias
+            inputs.append(_const(g, layer.bias.numpy(), torch.float32))
+        else:
+            inputs.append(g.op("DequantizeLinear", _const(g, layer.bias_int.numpy(), torch.int32),
+                               _const(g, layer.out_scale.numpy(), torch.float32), axis_i=0))  # zero point 0
+    if layer.conv:
+        kernel = list(codes.shape[2:])
+        pads = [*layer.padding, *layer.padding]
+        y = g.op("Conv", *inputs, kernel_shape_i=kernel, strides_i=list(layer.stride), pads_i=pads,
+                 dilations_i=list(layer.dilation), group_i=layer.groups)
+    else:
+        y = g.op("Gemm", *inputs, transB_i=1)
+    if layer.activation == "relu":
+        y = g.op("Relu", y)
+    elif layer.activation == "relu6":
+        y = g.op("Clip", y, _const(g, 0.0, torch.float32), _const(g, 6.0, torch.float32))
+    if layer.output is not None:
+        y = qdq_symbolic(g, y, layer.output[0], layer.output[1])
+    return y
 
-    initializers = {init.name: init for init in proto.graph.initializer}
-    nodes = []
-    for layer in graph.layers:
-        name = f"{layer.name}.weight"
-        if name not in initializers:
-            raise RuntimeError(f"ONNX export: no initializer named {name!r} for layer {layer.name!r}; the exporter "
-                               "renamed or folded it (use onnx_format='fp32')")
-        weight = model.get_submodule(layer.name).weight.detach()
-        codes, scales = quantize_codes(weight, kept_bits(policy, layer.name))
-        proto.graph.initializer.remove(initializers[name])
-        proto.graph.initializer.extend([
-            numpy_helper.from_array(codes.numpy().astype(np.int8), f"{name}_quantized"),
-            numpy_helper.from_array(scales.numpy().astype(np.float32), f"{name}_scale"),
-            numpy_helper.from_array(np.zeros(scales.numel(), dtype=np.int8), f"{name}_zero_point"),
-        ])
-        nodes.append(helper.make_node("DequantizeLinear", [f"{name}_quantized", f"{name}_scale", f"{name}_zero_point"],
-                                      [name], name=f"{name}_dequantize", axis=0))
-    for position, node in enumerate(nodes):
-        proto.graph.node.insert(position, node)
+
+#: Layers being exported, by ``id``: the TorchScript tracer passes only plain values to a symbolic function.
+_EXPORTING: dict[int, nn.Module] = {}
 
 
-def export_onnx(
-    model: nn.Module,
-    graph: CompressionGraph,
-    policy: Policy,
-    path: str | os.PathLike[str],
-    example_input: torch.Tensor,
-    *,
-    onnx_format: str = "qdq",
-) -> Path:
-    """Write ``model`` (physically pruned, weights on the policy's grid) to ``path`` as ONNX; return the path.
+class _LayerExport(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, key: int) -> torch.Tensor:  # noqa: ANN001
+        with untraced():  # the symbolic below writes the layer's tensors as constants
+            return _EXPORTING[key].emulate(x)
 
-    :param model: the compressed model (``compress(...)`` or a fine-tuned one); not modified
-    :param graph: compression graph of the *uncompressed* architecture (layer names, bit-widths)
-    :param policy: the recipe
-    :param example_input: one input batch for tracing, e.g. ``torch.zeros(1, C, H, W)``
-    :param onnx_format: ``"qdq"`` (int8 codes + DequantizeLinear) or ``"fp32"`` (dequantized weights)
-    """
-    if onnx_format not in ONNX_FORMATS:
-        raise ValueError(f"onnx_format must be one of {ONNX_FORMATS}, got {onnx_format!r}")
+    @staticmethod
+    def symbolic(g, x, key: int):  # noqa: ANN001, ANN205
+        return _layer_symbolic(g, x, _EXPORTING[key])
+
+
+def quant_layer_symbolic_apply(layer: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """Called by :meth:`QuantLayer.forward` during ONNX export."""
+    if layer.output is not None and layer.output[2] != 8:
+        raise ValueError(f"ONNX export needs 8-bit activations (QuantizeLinear is uint8); this network has "
+                         f"a_bits={layer.output[2]}. Export the packed artefact only (--onnx none)")
+    key = len(_EXPORTING)
+    _EXPORTING[key] = layer
+    return _LayerExport.apply(x, key)
+
+
+def export_onnx(model: nn.Module, path: str | os.PathLike[str], example_input: torch.Tensor) -> Path:
+    """Write the deployed network ``model`` (``to_deployed(...)``) to ``path`` as ONNX; return the path."""
     try:
         import onnx
     except ModuleNotFoundError:
         raise ModuleNotFoundError("ONNX export needs the onnx package: pip install 'ajpq-env[onnx]'") from None
-    data = _torch_export(model, example_input, fold_batchnorm=onnx_format == "fp32")
-    proto = onnx.load_from_string(data)
-    if onnx_format == "qdq":
-        _to_qdq(proto, model, graph, policy)
+    for quantizer in quantizers_of(model):
+        if quantizer.a_bits != 8:
+            raise ValueError(f"ONNX export needs 8-bit activations (QuantizeLinear is uint8); this network has "
+                             f"a_bits={quantizer.a_bits}. Export the packed artefact only (--onnx none)")
+    buffer = io.BytesIO()
+    model.eval()
+    try:
+        with warnings.catch_warnings():
+            # The TorchScript exporter is deprecated in favour of dynamo, which does not take custom symbolics.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.filterwarnings("ignore", message=".*constant folding.*")
+            torch.onnx.export(
+                model, (example_input,), buffer, dynamo=False, opset_version=ONNX_OPSET, do_constant_folding=False,
+                input_names=[INPUT_NAME], output_names=[OUTPUT_NAME],
+                dynamic_axes={INPUT_NAME: {0: "batch"}, OUTPUT_NAME: {0: "batch"}},
+            )
+    finally:
+        _EXPORTING.clear()
+    proto = onnx.load_from_string(buffer.getvalue())
     proto.producer_name = "ajpq_env"
     onnx.checker.check_model(proto)
     path = Path(path)
@@ -112,8 +134,11 @@ def export_onnx(
     return path
 
 
-def onnx_session(path: str | os.PathLike[str], threads: int | None = None):
-    """An onnxruntime CPU ``InferenceSession`` for ``path`` (``threads`` intra-op threads; default torch's)."""
+def onnx_session(path: str | os.PathLike[str], threads: int | None = None, optimized_path: str | None = None):
+    """An onnxruntime CPU ``InferenceSession`` for ``path`` (``threads`` intra-op threads; default torch's).
+
+    :param optimized_path: also write the graph onnxruntime optimised (to see which kernels run)
+    """
     try:
         import onnxruntime as ort
     except ModuleNotFoundError:
@@ -121,4 +146,9 @@ def onnx_session(path: str | os.PathLike[str], threads: int | None = None):
     options = ort.SessionOptions()
     options.intra_op_num_threads = threads or torch.get_num_threads()
     options.inter_op_num_threads = 1
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    if optimized_path is not None:
+        options.optimized_model_filepath = str(optimized_path)
+    try:
+        return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    except Exception as err:  # onnxruntime raises its own exception types for unreadable / invalid files
+        raise ValueError(f"onnxruntime cannot load {str(path)!r}: {err}") from None

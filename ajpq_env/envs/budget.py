@@ -141,15 +141,11 @@ class BudgetTracker:
         return layer.in_channels - (group.channels - self._kept(layer.producer, overrides))
 
     def step_cost(self, layer: LayerInfo, bits: np.ndarray, overrides: dict[int, int]) -> float:
-        """Resource of ``layer`` with survivors at ``bits``, plus its group's extras when it is the leader."""
+        """Resource of ``layer`` with survivors at ``bits``."""
         return self._cost(layer, len(bits), int(bits.sum()), overrides)
 
     def _cost(self, layer: LayerInfo, kept: int, bit_sum: int, overrides: dict[int, int]) -> float:
-        cost = self.costs.layer_cost_sum(layer, kept, bit_sum, self._in_kept(layer, overrides)).resource(self.resource)
-        group = self.graph.groups[layer.group]
-        if self.resource == "size" and group.leader == layer.name:
-            cost += self.costs.extra_bytes(group.id, kept)
-        return cost
+        return self.costs.layer_cost_sum(layer, kept, bit_sum, self._in_kept(layer, overrides)).resource(self.resource)
 
     def lower_bound(self, index: int, overrides: dict[int, int]) -> float:
         """Smallest resource of the layers after ``index`` given the decisions so far and ``overrides``."""

@@ -39,6 +39,11 @@ class Metric(ABC):
     def scores(self, output: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> np.ndarray:
         """One score per sample (float64); the metric of a split is their mean."""
 
+    def fragile(self, output: torch.Tensor | np.ndarray) -> np.ndarray:
+        """Per sample, whether its score hangs on a near-tie that float rounding (another summation order, another
+        thread count) could flip; the metric of a split is reproducible within ``fragile.sum() / n``."""
+        return np.zeros(len(output), dtype=bool)
+
     def agreement(self, a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
         """How often two runtimes' outputs lead to the same decision (1.0 = always)."""
         a, b = np.asarray(a), np.asarray(b)
@@ -55,6 +60,14 @@ class Top1(Metric):
 
     def scores(self, output: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> np.ndarray:
         return (np.asarray(output).argmax(1) == np.asarray(target)).astype(np.float64)
+
+    def fragile(self, output: torch.Tensor | np.ndarray) -> np.ndarray:
+        """The two largest logits within ``1e-5`` of the largest magnitude (float32 summation noise is ~1e-7)."""
+        logits = np.asarray(output, dtype=np.float64)
+        if logits.shape[1] < 2:
+            return np.zeros(len(logits), dtype=bool)
+        top2 = np.sort(logits, axis=1)[:, -2:]
+        return (top2[:, 1] - top2[:, 0]) <= 1e-5 * np.maximum(np.abs(logits).max(axis=1), 1e-12)
 
 
 class IoU(Metric):
@@ -89,6 +102,16 @@ class IoU(Metric):
     def agreement(self, a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> float:
         with torch.no_grad():
             return float((box_iou(self.boxes(a), self.boxes(b)) >= 0.9).double().mean())
+
+    def fragile(self, output: torch.Tensor | np.ndarray) -> np.ndarray:
+        """The two highest confidence logits (over anchors and cells) within ``1e-5`` of the largest magnitude:
+        the decoded box could jump to the runner-up under another summation order."""
+        out = np.asarray(output, dtype=np.float64)
+        conf = out.reshape(len(out), len(self.anchors), 5, -1)[:, :, 4].reshape(len(out), -1)
+        if conf.shape[1] < 2:
+            return np.zeros(len(out), dtype=bool)
+        top2 = np.sort(conf, axis=1)[:, -2:]
+        return (top2[:, 1] - top2[:, 0]) <= 1e-5 * np.maximum(np.abs(conf).max(axis=1), 1e-12)
 
 
 #: Every metric by name.

@@ -36,6 +36,14 @@ from ajpq_env.tasks.data import (
     stratified_split,
     to_tensor,
 )
+from ajpq_env.tasks.detection import (
+    DETECTION_NORMALIZATION,
+    detection_root,
+    load_dacsdc,
+    load_voc_folder,
+    make_embedded_set,
+)
+from ajpq_env.tasks.metrics import Metric, get_metric
 
 __all__ = [
     "SYNTHETIC_PREFIX",
@@ -64,10 +72,12 @@ class TaskSpec:
     :param name: registry key, ``<dataset>-<model>``
     :param model: builder name in :data:`ajpq_env.models.MODELS`
     :param model_kwargs: builder keyword arguments
-    :param dataset: ``"mnist5k"``, ``"cifar10"`` or ``"imagenet"``
+    :param dataset: ``"mnist5k"``, ``"cifar10"``, ``"imagenet"``, or a detection set (``"embedded-det"``,
+        ``"raccoon"``, ``"dacsdc"``; images resized to ``input_shape``)
     :param input_shape: one sample's shape ``(C, H, W)``
     :param weights: file name of the weights (shipped in the package, or looked up in ``$AJPQ_WEIGHTS``)
-    :param metric: name of the metric (top-1 accuracy in [0, 1] for all current tasks)
+    :param metric: name of the metric in :data:`ajpq_env.tasks.metrics.METRICS` (``"top1"``: top-1 accuracy in
+        [0, 1]); it also gives the training loss
     :param description: one line for tables
     :param meta: FP32 metric on search/test, params, MACs, size (bytes) of the FP32 model
     :param pretrain: the ``benchmarks/pretrain.py --task`` that trains these weights (``None``: not trainable there)
@@ -223,6 +233,11 @@ class Task:
     def name(self) -> str:
         return self.spec.name
 
+    @property
+    def metric(self) -> Metric:
+        """The task's metric (scores and training loss), from ``spec.metric``."""
+        return get_metric(self.spec.metric)
+
     def example_input(self) -> torch.Tensor:
         """A zero batch of one sample, for tracing."""
         return torch.zeros(1, *self.spec.input_shape)
@@ -233,15 +248,23 @@ class Task:
             self._fp32[(split, batch_size)] = self.evaluate(self.model, split, batch_size)
         return self._fp32[(split, batch_size)]
 
-    @torch.inference_mode()
     def evaluate(self, model: nn.Module, split: str = "search", batch_size: int = 250) -> float:
-        """Top-1 accuracy of ``model`` on ``split`` (model put in eval mode)."""
+        """The task's metric (mean per-sample score) of ``model`` on ``split`` (model put in eval mode)."""
+        return self.measure(model, split, batch_size)[0]
+
+    @torch.inference_mode()
+    def measure(self, model: nn.Module, split: str = "search", batch_size: int = 250) -> tuple[float, int]:
+        """The metric of ``model`` on ``split`` and the number of samples decided by a near-tie
+        (:meth:`~ajpq_env.tasks.metrics.Metric.fragile`), whose outcome another summation order may change."""
         data = self.splits[split]
+        metric = self.metric
         model.eval()
-        correct = 0
+        total, fragile = 0.0, 0
         for x, y in data.batches(batch_size):
-            correct += int((model(x).argmax(1) == y).sum())
-        return correct / len(data)
+            out = model(x)
+            total += float(metric.scores(out, y).sum())
+            fragile += int(metric.fragile(out).sum())
+        return total / len(data), fragile
 
 
 # ---------------------------------------------------------------------------------------------- weights
