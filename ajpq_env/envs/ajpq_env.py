@@ -72,7 +72,10 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     Element 0 is ignored on layers whose sparsity is locked (followers of a coupled group, the classifier,
     layers with a non-identity coupling); ``info["locked"]`` then says why. In ``"prune"`` mode the bits are
     ``fixed_bits`` and elements 1..K are ignored; in ``"quant"`` mode nothing is pruned and element 1 sets
-    the layer's single bit-width. Before it is applied the decision is clipped to the budget
+    the layer's single bit-width. In ``"fixed"`` mode (the paper's SkyNet setting) every surviving channel of
+    the network has one bit-width: element 1 of the *first* step chooses it (unless ``fixed_bits`` sets it),
+    elements 1..K are ignored afterwards, and element 0 prunes each layer as in joint mode. Before it is applied
+    the decision is clipped to the budget
     (``info["clipped"]``): bit-widths are lowered first (widest, least important bucket first), then
     more channels are pruned.
 
@@ -111,13 +114,13 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | argument | default | meaning |
     |----------|---------|---------|
     | ``task`` | ``"mnist5k-mobilenet_v2"`` | a task name (:data:`ajpq_env.tasks.TASKS`) or a loaded :class:`~ajpq_env.tasks.Task` |
-    | ``mode`` | ``"joint"`` | ``"joint"`` (AJPQ), ``"prune"`` (AMC-like), ``"quant"`` (HAQ-like) |
+    | ``mode`` | ``"joint"`` | ``"joint"`` (AJPQ), ``"prune"`` (AMC-like), ``"quant"`` (HAQ-like), ``"fixed"`` (one bit-width for the network, pruning per layer) |
     | ``target`` | ``0.125`` | budget as a ratio of the FP32 model's ``resource``, in (0, 1] |
     | ``resource`` | ``"size"`` | ``"size"`` (bytes), ``"bitops"`` or ``"macs"`` |
     | ``reward`` | ``"accuracy"`` | one of :data:`REWARDS` |
     | ``num_buckets`` | ``4`` | K, importance buckets per layer |
     | ``b_min``, ``b_max`` | ``2``, ``8`` | bit-width range of surviving channels |
-    | ``fixed_bits`` | ``8`` | bit-width of every channel in ``"prune"`` mode |
+    | ``fixed_bits`` | ``8`` | bit-width of every channel in ``"prune"`` mode; in ``"fixed"`` mode the network's bit-width, or ``None`` for the agent's choice at the first step (clipped so the budget stays reachable at that width) |
     | ``max_sparsity`` | ``0.8`` | largest prunable fraction of a group's channels |
     | ``channel_round`` | ``1`` | pruned channel counts are multiples of this |
     | ``importance`` | ``"l1"`` | importance criterion (``"l1"``, ``"l2"``) |
@@ -164,7 +167,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         num_buckets: int = 4,
         b_min: int = B_MIN,
         b_max: int = B_MAX,
-        fixed_bits: int = 8,
+        fixed_bits: int | None = 8,
         max_sparsity: float = 0.8,
         channel_round: int = 1,
         importance: str = "l1",
@@ -183,7 +186,8 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     ) -> None:
         _check_numbers(
             {"target": target, "max_sparsity": max_sparsity, "finetune_lr": finetune_lr},
-            {"num_buckets": num_buckets, "b_min": b_min, "b_max": b_max, "fixed_bits": fixed_bits,
+            {"num_buckets": num_buckets, "b_min": b_min, "b_max": b_max,
+             **({} if fixed_bits is None else {"fixed_bits": fixed_bits}),  # None: "fixed" mode, the agent's choice
              "channel_round": channel_round, "a_bits": a_bits, "bn_calibration_batches": bn_calibration_batches,
              "calibration_batch_size": calibration_batch_size, "finetune_steps": finetune_steps,
              "eval_batch_size": eval_batch_size, "cache_size": cache_size},
@@ -281,7 +285,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         kept = budget.kept_for_sparsity(group.id, sparsity)
         levels = self.b_max - self.b_min + 1
         bucket_bits = np.minimum(self.b_min + np.floor((action[1:] + 1.0) / 2.0 * levels), self.b_max).astype(int)
-        if self.mode == "quant":
+        if self.mode in ("quant", "fixed"):
             bucket_bits[:] = bucket_bits[0]
         decision = budget.decide(layer, kept, bucket_bits)
 
@@ -308,6 +312,8 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "locked": self._lock_reason(layer.name),
             "budget_used": budget.used_fraction(),
         }
+        if self.mode == "fixed":
+            info["network_bits"] = budget.network_bits
         self._t += 1
         terminated = self._t == len(self.graph.layers)
         reward = 0.0

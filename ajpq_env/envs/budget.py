@@ -17,7 +17,7 @@ from ajpq_env.compression import RESOURCES, CompressionGraph, CostModel, LayerIn
 
 __all__ = ["MODES", "BudgetTracker", "Decision", "expand_buckets"]
 
-MODES = ("joint", "prune", "quant")
+MODES = ("joint", "prune", "quant", "fixed")
 
 
 def expand_buckets(kept: int, bucket_bits: np.ndarray) -> np.ndarray:
@@ -45,10 +45,12 @@ class BudgetTracker:
     :param costs: its cost model
     :param resource: ``"size"``, ``"bitops"`` or ``"macs"``
     :param target: budget as a ratio of the FP32 model's resource, in (0, 1]
-    :param mode: ``"joint"``, ``"prune"`` or ``"quant"``
+    :param mode: ``"joint"``, ``"prune"``, ``"quant"`` or ``"fixed"`` (one bit-width for the whole network,
+        pruning per layer: the paper's SkyNet setting)
     :param b_min: smallest bit-width of a surviving channel
     :param b_max: largest bit-width
-    :param fixed_bits: bit-width of every channel in ``"prune"`` mode
+    :param fixed_bits: bit-width of every channel in ``"prune"`` mode; in ``"fixed"`` mode the network's
+        bit-width set by the user, or ``None`` for the agent's choice at the first step
     :param max_sparsity: largest fraction of a group's channels that may be pruned, in [0, 1)
     :param channel_round: pruned channel counts are multiples of this
     :param fixed_kept: ``{group id: kept channels}`` of groups whose pruning is decided beforehand (e.g. by a
@@ -65,7 +67,7 @@ class BudgetTracker:
         mode: str,
         b_min: int,
         b_max: int,
-        fixed_bits: int,
+        fixed_bits: int | None,
         max_sparsity: float,
         channel_round: int,
         fixed_kept: dict[int, int] | None = None,
@@ -78,7 +80,9 @@ class BudgetTracker:
             raise ValueError(f"target must be a ratio of the FP32 {resource} in (0, 1], got {target!r}")
         if not 2 <= b_min <= b_max <= 8:
             raise ValueError(f"bit-widths must satisfy 2 <= b_min <= b_max <= 8, got b_min={b_min}, b_max={b_max}")
-        if not b_min <= fixed_bits <= b_max:
+        if fixed_bits is None and mode != "fixed":
+            raise ValueError(f"fixed_bits=None (the agent's choice) is only for mode='fixed'; {mode!r} needs an int")
+        if fixed_bits is not None and not b_min <= fixed_bits <= b_max:
             raise ValueError(f"fixed_bits must lie in b_min..b_max ({b_min}..{b_max}), got {fixed_bits}")
         if not 0 <= max_sparsity < 1:
             raise ValueError(f"max_sparsity must lie in [0, 1), got {max_sparsity}")
@@ -90,7 +94,8 @@ class BudgetTracker:
         self.max_sparsity, self.channel_round = max_sparsity, channel_round
         self.fp32_total = costs.fp32.resource(resource)
         self.budget = self.target * self.fp32_total
-        self.min_bits = fixed_bits if mode == "prune" else b_min
+        # the bit-width the lower bounds of undecided layers assume; in "fixed" mode the network's once chosen
+        self.min_bits = fixed_bits if mode == "prune" or (mode == "fixed" and fixed_bits is not None) else b_min
         self.fixed_kept = dict(fixed_kept or {})
         self.min_keep = [self.fixed_kept.get(g.id, self._min_keep(g.id)) for g in graph.groups]
         self.reset()
@@ -128,6 +133,10 @@ class BudgetTracker:
     def reset(self) -> None:
         self.spent = float(self.costs.fixed_bytes) if self.resource == "size" else 0.0
         self.kept: dict[int, int] = dict(self.fixed_kept)  # decided groups
+        #: "fixed" mode: the one bit-width of the network (``None`` until the agent's first step chooses it)
+        self.network_bits: int | None = self.fixed_bits if self.mode == "fixed" else None
+        if self.mode == "fixed":
+            self.min_bits = self.b_min if self.fixed_bits is None else self.fixed_bits
 
     def _kept(self, group_id: int, overrides: dict[int, int]) -> int:
         if group_id in overrides:
@@ -173,13 +182,21 @@ class BudgetTracker:
         if self.mode == "prune":
             buckets[:] = self.fixed_bits
         clipped = False
+        choosing = self.mode == "fixed" and self.network_bits is None
+        if self.mode == "fixed" and not choosing:
+            buckets[:] = self.network_bits
 
         # Lower bound of the later layers as a function of this group's kept count: only the layers of this
         # group and its consumers depend on it, so the rest is summed once.
         later = self.graph.layers[layer.index + 1 :]
         affected = [l for l in later if l.group == group.id or l.producer == group.id]
-        base = self.lower_bound(layer.index, {}) - sum(self._min_cost(l, {}) for l in affected)
         lb_at: dict[int, float] = {}
+
+        def refresh() -> float:  # again whenever min_bits changes ("fixed" mode's first step)
+            lb_at.clear()
+            return self.lower_bound(layer.index, {}) - sum(self._min_cost(l, {}) for l in affected)
+
+        base = refresh()
 
         def fits(k: int, b: np.ndarray) -> bool:
             if k not in lb_at:
@@ -189,9 +206,23 @@ class BudgetTracker:
         def overrides(k: int) -> dict[int, int]:  # only a leader's step changes its group's kept count
             return {group.id: k} if leads else {}
 
+        # 0) "fixed" mode, first step: the network's bit-width is the largest <= the proposal at which the
+        #    budget stays reachable with every remaining layer (this one included) at that width, maximally pruned
+        if choosing:
+            b = int(buckets[0])
+            low_keep = self.min_keep[group.id] if leads else kept
+            while b > self.b_min:
+                self.min_bits = b
+                base = refresh()
+                if fits(low_keep, np.full(low_keep, b)):
+                    break
+                b, clipped = b - 1, True
+            self.network_bits = self.min_bits = b
+            base = refresh()
+            buckets[:] = b
         # 1) lower bit-widths, widest bucket first (least important among equals), one bit at a time
         bits = expand_buckets(kept, buckets)
-        if self.mode != "prune":
+        if self.mode not in ("prune", "fixed"):
             while not fits(kept, bits) and buckets.max() > self.b_min:
                 clipped = True
                 if self.mode == "quant":
@@ -212,6 +243,8 @@ class BudgetTracker:
                     high = mid
             kept = low
             bits = np.full(kept, self.min_bits)
+        if self.mode == "fixed":
+            bits = np.full(kept, self.network_bits)
         if not fits(kept, bits):  # cannot happen when the budget was reachable at reset; guard against bugs
             raise RuntimeError(f"layer {layer.name!r}: no decision fits the budget; this is a bug, please report it")
         self.spent += self.step_cost(layer, bits, overrides(kept))

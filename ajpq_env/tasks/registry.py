@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ajpq_env.models import build_model, load_resnet20_weights
+from ajpq_env.models import build_model, load_resnet20_weights, load_skynet_weights
 from ajpq_env.tasks.data import (
     NORMALIZATION,
     load_cifar10,
@@ -58,11 +58,14 @@ __all__ = [
     "packaged_weights",
     "resolve_weights",
     "synthetic_task",
+    "task_metric",
 ]
 
 WEIGHTS_PACKAGE = "ajpq_env.tasks.weights"
 #: ``synthetic-<model>`` names the tiny random task :func:`synthetic_task` ``(<model>)``.
 SYNTHETIC_PREFIX = "synthetic-"
+#: models whose synthetic task is single-object detection (random boxes, metric ``"iou"``)
+SYNTHETIC_DETECTORS = frozenset({"skynet"})
 
 
 @dataclass(frozen=True)
@@ -171,6 +174,23 @@ def _specs() -> dict[str, TaskSpec]:
             description="ResNet-20 (option-A shortcuts) on CIFAR-10", pretrain="cifar10-resnet20",
             splits="cifar10-testsearch", meta=_RESNET20_META,
         ),
+        # SkyNet (single-object detection, mean IoU); the input size is the task's: 160x320 as published, 64x128
+        # for the embedded set so that a random episode runs in seconds on a CPU.
+        TaskSpec(
+            "embedded-skynet", "skynet", {}, "embedded-det", (3, 64, 128), "embedded-skynet.pt", metric="iou",
+            description="SkyNet (published DAC-SDC weights, fine-tuned) on the embedded single-object set (MNIST "
+                        "digits on textures, 64x128)",
+            meta=_packaged_meta("embedded-skynet"), pretrain="embedded-skynet",
+        ),
+        TaskSpec(
+            "raccoon-skynet", "skynet", {}, "raccoon", (3, 160, 320), "raccoon-skynet.pt", metric="iou",
+            description="SkyNet fine-tuned on the raccoon set (Pascal VOC, single-object images, 160x320)",
+            meta=_packaged_meta("raccoon-skynet"), pretrain="raccoon-skynet",
+        ),
+        TaskSpec(
+            "dacsdc-skynet", "skynet", {}, "dacsdc", (3, 160, 320), "skynet-dac-sdc.weights", metric="iou",
+            description="SkyNet with the published DAC-SDC weights on a user's DAC-SDC copy (160x320)",
+        ),
         TaskSpec(
             "imagenet-mobilenet_v2", "mobilenet_v2_imagenet", {}, "imagenet", (3, 224, 224), "IMAGENET1K_V1",
             description="torchvision MobileNetV2 on ImageNet (the paper's setting)",
@@ -185,16 +205,23 @@ TASKS: dict[str, TaskSpec] = _specs()
 
 
 class Split:
-    """One data split in memory: uint8 images and int64 labels, normalised batch by batch.
+    """One data split in memory: uint8 images and their targets, normalised batch by batch.
 
     :param images: uint8 (N, H, W) or (N, H, W, C)
-    :param labels: int64 (N,)
+    :param labels: the targets: integer class labels (N,), kept as int64, or float boxes (N, 4) for detection
+        (image fractions ``x_min, y_min, x_max, y_max``), kept as float32
     :param normalization: ``(mean, std)`` per channel, in [0, 1] pixel units
     """
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, normalization: tuple[tuple, tuple]) -> None:
         self.images = images
-        self.labels = torch.as_tensor(np.asarray(labels, dtype=np.int64))
+        labels = np.asarray(labels)
+        if np.issubdtype(labels.dtype, np.floating):
+            if labels.ndim != 2 or labels.shape[1] != 4:
+                raise ValueError(f"float targets must be boxes of shape (N, 4), got {labels.shape}")
+            self.labels = torch.as_tensor(labels.astype(np.float32))
+        else:
+            self.labels = torch.as_tensor(labels.astype(np.int64))
         self.normalization = normalization
         self._tensor: torch.Tensor | None = None
 
@@ -310,6 +337,9 @@ def _load_state(model: nn.Module, spec: TaskSpec, path: Path, check_sha256: bool
     expected = spec.meta.get("sha256")
     if check_sha256 and expected and hashlib.sha256(path.read_bytes()).hexdigest() != expected:
         raise ValueError(f"task {spec.name!r}: weights {str(path)!r} do not match the recorded sha256 {expected}")
+    if spec.model == "skynet":  # the published HDF5 / BN-folded files (sha256-checked), or a torch state dict
+        load_skynet_weights(model, path, check_sha256=check_sha256)
+        return
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except (EOFError, RuntimeError, pickle.UnpicklingError) as err:
@@ -390,11 +420,48 @@ def _imagenet_splits(root: str | None, search_size: int | None) -> dict[str, Spl
     return {"search": subset("train", size, 0), "train": subset("train", 2560, 1), "test": subset("val", 10000, 2)}
 
 
+def _detection_size(dataset: str) -> tuple[int, int]:
+    return next(spec.input_shape[1:] for spec in TASKS.values() if spec.dataset == dataset)
+
+
+def _embedded_det_splits(_: str | None, search_size: int | None) -> dict[str, Split]:
+    size = _detection_size("embedded-det")
+    splits = {name: make_embedded_set(name, size, seed=_SPLIT_SEED) for name in ("train", "search", "test")}
+    if search_size is not None:
+        splits["search"] = tuple(a[:search_size] for a in splits["search"])
+    return {name: Split(x, y, DETECTION_NORMALIZATION) for name, (x, y) in splits.items()}
+
+
+def _raccoon_splits(root: str | None, search_size: int | None) -> dict[str, Split]:
+    folder, size = detection_root(root, "raccoon"), _detection_size("raccoon")
+    x_train, y_train = load_voc_folder(folder, "train", size)
+    x_test, y_test = load_voc_folder(folder, "test", size)
+    # the author's train/test split by image; a seeded 20% of train is held out as the search split
+    order = np.random.default_rng(_SPLIT_SEED).permutation(len(y_train))
+    search, train = np.sort(order[: len(order) // 5]), np.sort(order[len(order) // 5 :])
+    if search_size is not None:
+        search = search[:search_size]
+    return {"train": Split(x_train[train], y_train[train], DETECTION_NORMALIZATION),
+            "search": Split(x_train[search], y_train[search], DETECTION_NORMALIZATION),
+            "test": Split(x_test, y_test, DETECTION_NORMALIZATION)}
+
+
+def _dacsdc_splits(root: str | None, search_size: int | None) -> dict[str, Split]:
+    images, boxes, groups = load_dacsdc(detection_root(root, "dac-sdc"), _detection_size("dacsdc"))
+    idx = stratified_split(groups, {"train": 0.7, "search": 0.1, "test": 0.2}, seed=_SPLIT_SEED)
+    if search_size is not None:
+        idx["search"] = idx["search"][:search_size]
+    return {name: Split(images[i], boxes[i], DETECTION_NORMALIZATION) for name, i in idx.items()}
+
+
 _DATASETS: dict[str, Callable[[str | None, int | None], dict[str, Split]]] = {
     "mnist5k": _mnist_splits,
     "cifar10": _cifar_splits,
     "cifar10-testsearch": _cifar_test_search_splits,
     "imagenet": _imagenet_splits,
+    "embedded-det": _embedded_det_splits,
+    "raccoon": _raccoon_splits,
+    "dacsdc": _dacsdc_splits,
 }
 
 
@@ -428,6 +495,13 @@ def load_task(
         _load_state(model, spec, resolve_weights(spec, weights), check_sha256=weights is None)
     model.eval()
     return Task(spec, model, load_splits(name, data_root=data_root, search_size=search_size))
+
+
+def task_metric(name: str) -> str:
+    """The metric name of task ``name`` (``synthetic-<model>`` included), without loading anything."""
+    if name.startswith(SYNTHETIC_PREFIX):
+        return "iou" if name[len(SYNTHETIC_PREFIX) :] in SYNTHETIC_DETECTORS else "top1"
+    return _spec(name).metric
 
 
 def _spec(name: str) -> TaskSpec:
@@ -499,10 +573,12 @@ def synthetic_task(
     :param sizes: number of train, search and test samples
     :param seed: seeds the weights and the data
     """
-    kwargs = {"num_classes": 10, **({"width_mult": 0.25, "in_channels": input_shape[0]} if "mobilenet" in model else {})}
+    detector = model in SYNTHETIC_DETECTORS  # single-object detection: float box targets, mean IoU
+    kwargs = {} if detector else {"num_classes": 10}
+    kwargs.update({"width_mult": 0.25, "in_channels": input_shape[0]} if "mobilenet" in model else {})
     kwargs.update(model_kwargs or {})
     spec = TaskSpec(f"{SYNTHETIC_PREFIX}{model}", model, kwargs, "synthetic", input_shape, None,
-                    description="random data, random weights (tests)")
+                    metric="iou" if detector else "top1", description="random data, random weights (tests)")
     with torch.random.fork_rng():  # seed the weights without touching the caller's global generator
         torch.manual_seed(seed)
         net = spec.build()
@@ -519,5 +595,10 @@ def synthetic_task(
     splits = {}
     for name, n in zip(("train", "search", "test"), sizes):
         images = rng.integers(0, 256, (n, h, w, c) if c > 1 else (n, h, w), dtype=np.uint8)
-        splits[name] = Split(images, rng.integers(0, kwargs["num_classes"], n), norm)
+        if detector:
+            corner = rng.uniform(0.0, 0.6, (n, 2))
+            targets = np.concatenate([corner, corner + rng.uniform(0.1, 0.4, (n, 2))], 1).astype(np.float32)
+        else:
+            targets = rng.integers(0, kwargs["num_classes"], n)
+        splits[name] = Split(images, targets, norm)
     return Task(spec, net, splits)
