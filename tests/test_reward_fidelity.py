@@ -73,7 +73,7 @@ def test_rank_correlations():
 # ---------------------------------------------------------------------------------------------- a tiny run
 TINY = ["--task", "synthetic-mobilenet_v2", "--target", "0.25", "--baselines", "uniform", "--random-recipes", "1",
         "--prune-recipes", "1", "--quant-recipes", "1", "--settings", "default", "qat2@0.01+split32", "qat2@0.01",
-        "--finetune-epochs", "1", "--finetune-samples", "16", "--threads", "1"]
+        "--finetune-epochs", "1", "--finetune-samples", "16", "--timing-recipes", "1", "--threads", "1"]
 
 
 @pytest.mark.slow
@@ -102,6 +102,11 @@ def test_tiny_run_writes_tables_and_resumes(tmp_path, monkeypatch):
     assert len(measured) == 3 * len(names)
     assert {int(r["search_samples"]) for r in measured if r["setting"] == "qat2@0.01+split32"} == {32}
     assert all(r["budget_met"] == "True" for r in measured)
+    with (out / "timing.csv").open() as f:
+        timed = list(csv.DictReader(f))
+    assert [r["setting"] for r in timed] == ["default", "qat2@0.01+split32", "qat2@0.01"]
+    assert all(float(r["fp32_passes"]) > 0 for r in timed)
+    assert [r["fp32_passes"] for r in rows] == pytest.approx([float(r["fp32_passes"]) for r in timed])
     table = (out / "fidelity.md").read_text()
     assert "| qat2@0.01+split32 |" in table and all(f"| {n} |" in table for n in names)
 
