@@ -26,9 +26,8 @@ measures how well the first predicts the second, and which reward setting of the
 A setting is a ``+``-joined list of tokens (order free; the canonical name orders them): ``default`` (the env's
 defaults: 1 calibration batch of 64, no fine-tune steps, the whole search split), ``bn<B>x<S>`` (``B`` calibration
 batches of ``S`` samples), ``qat<N>@<lr>`` (``N`` quantization-aware SGD steps at learning rate ``lr``, batches of
-the calibration batch size), ``split<N>`` (a class-balanced, nested subset of ``N`` search samples: each class's
-samples shuffled with seed 0 and interleaved, so a smaller subset is a prefix of a larger one), e.g.
-``bn8x64+qat50@0.01+split2000``.
+the calibration batch size), ``split<N>`` (the env's ``search_size=N``: a class-balanced subset of ``N`` search
+samples, part of any larger one), e.g. ``bn8x64+qat50@0.01+split2000``.
 
 Everything is resumable: the recipes, each fine-tune (``<out>/finetune/*.json``) and each measurement
 (``<out>/search.csv``, ``<out>/timing.csv``) are written as they finish and skipped when the command is run again with the same ``--out``.
@@ -57,8 +56,9 @@ from ajpq_env import AJPQEnv
 from ajpq_env.compression import Policy
 from ajpq_env.deploy.resolve import resolve_task
 from ajpq_env.tasks import Split, Task
+from ajpq_env.tasks.data import balanced_subset
 
-__all__ = ["DEFAULT_SETTINGS", "Config", "RewardSetting", "balanced_subset", "main", "parse_args", "summarize"]
+__all__ = ["DEFAULT_SETTINGS", "Config", "RewardSetting", "main", "parse_args", "summarize", "with_search_subset"]
 
 #: Settings measured by default: the env's default, more BatchNorm data, quantization-aware steps, smaller splits.
 DEFAULT_SETTINGS = (
@@ -240,28 +240,10 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
 
 
 # ---------------------------------------------------------------------------------------------- search splits
-def balanced_subset(labels: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Sorted indices of ``n`` samples holding each class's share of ``labels`` to within one sample; nested (the
-    subset of ``n`` contains that of any smaller ``n``). Each class's samples are shuffled with ``seed`` and the
-    classes interleaved by fractional rank. Non-class targets (boxes) get a plain shuffled prefix."""
-    labels = np.asarray(labels)
-    rng = np.random.default_rng(seed)
-    if labels.ndim != 1:
-        return np.sort(rng.permutation(len(labels))[:n])
-    classes = np.unique(labels)
-    key = np.empty(len(labels))
-    cls = np.empty(len(labels), dtype=np.int64)
-    for c, value in enumerate(classes):
-        members = rng.permutation(np.flatnonzero(labels == value))
-        key[members] = (np.arange(len(members)) + 0.5) / len(members)
-        cls[members] = c
-    return np.sort(np.lexsort((cls, key))[:n])
-
-
 def with_search_subset(task: Task, n: int | None) -> Task:
-    """``task`` whose search split is :func:`balanced_subset` of ``n`` samples (the same task when ``n`` is None or
-    not smaller than the split). The env's own ``search_size`` takes a prefix of the split, which on CIFAR-10 is
-    ordered by class: ``search_size=1000`` would hold two classes, so the subset is made here."""
+    """``task`` whose search split is :func:`~ajpq_env.tasks.data.balanced_subset` of ``n`` samples, the subset that
+    ``load_task(..., search_size=n)`` takes, without loading the data again (the same task when ``n`` is None or not
+    smaller than the split)."""
     search = task.splits["search"]
     if n is None or n >= len(search):
         return task

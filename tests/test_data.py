@@ -16,6 +16,7 @@ from ajpq_env.tasks import data
 from ajpq_env.tasks.data import (
     CIFAR10_CLASSES,
     NORMALIZATION,
+    balanced_subset,
     cache_dir,
     load_cifar10,
     load_imagefolder_imagenet,
@@ -254,3 +255,16 @@ def test_to_tensor_rejects_bad_input() -> None:
 def test_normalization_table() -> None:
     assert NORMALIZATION["mnist"] == ((0.1307,), (0.3081,))
     assert NORMALIZATION["cifar10"] == NORMALIZATION["imagenet"] == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
+
+
+def test_balanced_subset_keeps_class_shares_and_is_nested() -> None:
+    labels = np.repeat(np.arange(10), 500)  # class-sorted, like CIFAR-10 read from its image folders
+    small, large = balanced_subset(labels, 1000), balanced_subset(labels, 2000)
+    assert len(small) == 1000 and np.all(np.diff(small) > 0)
+    assert set(small.tolist()) <= set(large.tolist())
+    assert np.bincount(labels[small], minlength=10).tolist() == [100] * 10
+    uneven = np.array([0] * 90 + [1] * 10)
+    assert np.bincount(uneven[balanced_subset(uneven, 20)]).tolist() == [18, 2]
+    assert not np.array_equal(balanced_subset(labels, 100, seed=0), balanced_subset(labels, 100, seed=1))
+    boxes = np.zeros((30, 4), dtype=np.float32)
+    assert len(set(balanced_subset(boxes, 10).tolist())) == 10

@@ -49,6 +49,12 @@ def test_embedded_default_is_shipped():
 def test_search_size_limits_search_split():
     task = load_task("mnist5k-mobilenet_v2", search_size=100)
     assert len(task.splits["search"]) == 100
+    # a class-balanced subset (the split's indices are class-sorted: a prefix held two classes), nested in larger ones
+    counts = np.bincount(task.splits["search"].labels.numpy(), minlength=10)
+    assert counts.tolist() == [10] * 10
+    smaller = load_task("mnist5k-mobilenet_v2", search_size=50).splits["search"]
+    images = {bytes(image) for image in task.splits["search"].images}
+    assert all(bytes(image) in images for image in smaller.images)
 
 
 @pytest.mark.data

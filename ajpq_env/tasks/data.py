@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CIFAR10_CLASSES",
     "NORMALIZATION",
+    "balanced_subset",
     "cache_dir",
     "load_cifar10",
     "load_imagefolder_imagenet",
@@ -147,6 +148,29 @@ def load_mnist_5k() -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------------------ splits
+
+
+def balanced_subset(labels: Sequence[int] | np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Sorted positions of ``n`` samples of ``labels`` that hold each class's share to within one sample, nested: the
+    subset of ``n`` contains the subset of any smaller ``n`` (with the same ``seed``).
+
+    Each class's positions are shuffled with ``np.random.default_rng(seed)`` (classes in sorted order) and the
+    classes interleaved by fractional rank. A plain prefix of class-sorted data (CIFAR-10 image folders are read
+    class by class) would hold the first classes only. Targets that are not 1-D class labels (boxes) get a shuffled
+    prefix.
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    if labels.ndim != 1:
+        return np.sort(rng.permutation(len(labels))[:n])
+    classes = np.unique(labels)
+    rank = np.empty(len(labels))
+    owner = np.empty(len(labels), dtype=np.int64)
+    for c, value in enumerate(classes):
+        members = rng.permutation(np.flatnonzero(labels == value))
+        rank[members] = (np.arange(len(members)) + 0.5) / len(members)
+        owner[members] = c
+    return np.sort(np.lexsort((owner, rank))[:n])
 
 
 def stratified_split(labels: Sequence[int] | np.ndarray, fractions: Mapping[str, float], seed: int) -> dict[str, np.ndarray]:

@@ -30,6 +30,7 @@ from torch import nn
 from ajpq_env.models import build_model, load_resnet20_weights, load_skynet_weights
 from ajpq_env.tasks.data import (
     NORMALIZATION,
+    balanced_subset,
     load_cifar10,
     load_mnist_5k,
     require_every_class,
@@ -358,7 +359,7 @@ def _mnist_splits(_: str | None, search_size: int | None) -> dict[str, Split]:
     idx = stratified_split(labels, {"train": 0.6, "search": 0.2, "test": 0.2}, seed=_SPLIT_SEED)
     norm = NORMALIZATION["mnist"]
     if search_size is not None:
-        idx["search"] = idx["search"][:search_size]
+        idx["search"] = idx["search"][balanced_subset(labels[idx["search"]], search_size)]
     return {name: Split(images[i], labels[i], norm) for name, i in idx.items()}
 
 
@@ -367,11 +368,11 @@ def _cifar_splits(root: str | None, search_size: int | None) -> dict[str, Split]
     x_train, y_train = load_cifar10(root, "train")
     x_test, y_test = load_cifar10(root, "test")
     # The same split as benchmarks/pretrain.py, so the search split is never trained on; --search-size only
-    # takes a prefix of it.
+    # takes a class-balanced subset of it.
     idx = stratified_split(y_train, {"search": 0.1, "train": 0.9}, seed=_SPLIT_SEED)
     require_every_class({**{k: y_train[v] for k, v in idx.items()}, "test": y_test}, f"CIFAR-10 root {root}")
     if search_size is not None:
-        idx["search"] = idx["search"][:search_size]
+        idx["search"] = idx["search"][balanced_subset(y_train[idx["search"]], search_size)]
     norm = NORMALIZATION["cifar10"]
     return {
         "train": Split(x_train[idx["train"]], y_train[idx["train"]], norm),
@@ -389,7 +390,7 @@ def _cifar_test_search_splits(root: str | None, search_size: int | None) -> dict
     idx = stratified_split(y_test, {"search": 0.5, "test": 0.5}, seed=_SPLIT_SEED)
     require_every_class({"train": y_train, **{k: y_test[v] for k, v in idx.items()}}, f"CIFAR-10 root {root}")
     if search_size is not None:
-        idx["search"] = idx["search"][:search_size]
+        idx["search"] = idx["search"][balanced_subset(y_test[idx["search"]], search_size)]
     norm = NORMALIZATION["cifar10"]
     return {
         "train": Split(x_train, y_train, norm),
@@ -480,7 +481,8 @@ def load_task(
     :param weights: weights file (or folder holding the task's weights file); default: shipped with the package,
         then ``$AJPQ_WEIGHTS``. For ImageNet, the name of a torchvision weights enum member
     :param search_size: number of search-split samples, >= 1 (default: the task's, e.g. 1,000 for the embedded
-        task, 5,000 for CIFAR-10)
+        task, 5,000 for CIFAR-10); for classification a class-balanced subset of the split
+        (:func:`~ajpq_env.tasks.data.balanced_subset`: a smaller subset is part of a larger one)
     :param download: ImageNet only: allow torchvision to download its weights when not cached
     """
     check_search_size(search_size)
