@@ -23,6 +23,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("ajpq_env.deploy.finetune", "quantization-aware fine-tuning of a recipe"),
     "export": ("ajpq_env.deploy.export", "export a fine-tuned model (or a recipe as searched) to a packed .ajpq artefact and ONNX"),
     "evaluate": ("ajpq_env.deploy.evaluate", "evaluate an exported artefact (and its ONNX file) on the test split"),
+    "profile": ("ajpq_env.deploy.profile", "measure a task's per-layer latency table on this machine (resource='latency')"),
     "report": ("ajpq_env.deploy.report", "Markdown summary and plots of a search run"),
     "leaderboard": ("benchmarks.leaderboard", "run, resume and tabulate the benchmark leaderboard"),
 }

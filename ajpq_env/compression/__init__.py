@@ -6,7 +6,8 @@
 * :mod:`.quantize` — per-channel symmetric quantization with mixed bit-widths
 * :mod:`.simulate` — apply a policy: simulated in place, or physically pruned
 * :mod:`.qat` — straight-through fake quantization of the physically pruned network (fine-tuning)
-* :mod:`.cost` — storage, MACs and BitOPs of the physically pruned network
+* :mod:`.cost` — storage, MACs and BitOPs of the physically pruned network (and latency, given a table)
+* :mod:`.latency` — the per-layer onnxruntime latency lookup table (``ajpq profile``), keyed by machine
 * :mod:`.actquant` — activation quantizers (where they go, calibration)
 * :mod:`.integer` — the deployed network: BatchNorm folded, integer arithmetic as onnxruntime computes it
 * :mod:`.pipeline` — :class:`Compressor`: compress, recalibrate, fold, calibrate: the one way a policy is built
@@ -17,6 +18,7 @@ from ajpq_env.compression.cost import RESOURCES, Cost, CostModel, LayerCost
 from ajpq_env.compression.graph import CompressionGraph, CouplingGroup, LayerInfo
 from ajpq_env.compression.importance import IMPORTANCES, L1Importance, L2Importance, get_importance
 from ajpq_env.compression.integer import to_deployed
+from ajpq_env.compression.latency import LatencyTable, LatencyTableError
 from ajpq_env.compression.packed import ExportInfo, export, load, read_header
 from ajpq_env.compression.pipeline import Compressor, Deployable, DeploySettings, recalibrate_batchnorm
 from ajpq_env.compression.policy import B_MAX, B_MIN, RECIPE_FORMAT, Policy
@@ -39,6 +41,8 @@ __all__ = [
     "ExportInfo",
     "L1Importance",
     "L2Importance",
+    "LatencyTable",
+    "LatencyTableError",
     "LayerCost",
     "LayerInfo",
     "Policy",

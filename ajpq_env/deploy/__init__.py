@@ -6,6 +6,8 @@
 * :mod:`.export` — packed ``.ajpq`` artefact + ONNX + manifest (``ajpq export``)
 * :mod:`.onnx_export` — ONNX with int8 weights and DequantizeLinear (QDQ) or float32 weights
 * :mod:`.evaluate` — run the artefact through the package's loader and onnxruntime (``ajpq evaluate``)
+* :mod:`.profile` — the per-layer latency lookup table of a task on this machine (``ajpq profile``)
+* :mod:`.timing` — onnxruntime sessions, median timings and per-operator profiles (shared by the benchmarks)
 * :mod:`.report` — Markdown summary and plots of a search run (``ajpq report``)
 * :mod:`.resolve` — tasks, architectures and the check that a recipe belongs to them
 

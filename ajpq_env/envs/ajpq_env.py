@@ -14,6 +14,7 @@ import numpy as np
 from gymnasium import spaces
 
 from ajpq_env.compression import B_MAX, B_MIN, CompressionGraph, CostModel, DeploySettings, Policy
+from ajpq_env.compression.latency import LatencyTable, LatencyTableError, default_table_path
 from ajpq_env.envs.budget import MODES, BudgetTracker
 from ajpq_env.envs.evaluator import Evaluator
 from ajpq_env.envs.observation import CHANNEL_FEATURES, LAYER_FEATURES, channel_matrices, static_layer_features
@@ -107,7 +108,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     ``terminated`` is ``True`` after the last layer's step; ``truncated`` is always ``False``. Stepping a
     finished episode raises ``RuntimeError``. The last step's ``info`` holds the ``recipe``, ``metric``,
     ``fp32_metric``, ``size_ratio``, ``macs_ratio``, ``bitops_ratio``, ``eval_seconds``, ``cache_hit`` and
-    ``budget_met``.
+    ``budget_met``; with a latency table also ``latency_ratio`` and ``latency_us`` (predicted).
 
     ## Arguments
 
@@ -116,7 +117,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | ``task`` | ``"mnist5k-mobilenet_v2"`` | a task name (:data:`ajpq_env.tasks.TASKS`) or a loaded :class:`~ajpq_env.tasks.Task` |
     | ``mode`` | ``"joint"`` | ``"joint"`` (AJPQ), ``"prune"`` (AMC-like), ``"quant"`` (HAQ-like), ``"fixed"`` (one bit-width for the network, pruning per layer) |
     | ``target`` | ``0.125`` | budget as a ratio of the FP32 model's ``resource``, in (0, 1] |
-    | ``resource`` | ``"size"`` | ``"size"`` (bytes), ``"bitops"`` or ``"macs"`` |
+    | ``resource`` | ``"size"`` | ``"size"`` (bytes), ``"bitops"``, ``"macs"``, or ``"latency"`` (onnxruntime on this machine, predicted by the latency table; see ``latency_table``) |
     | ``reward`` | ``"accuracy"`` | one of :data:`REWARDS` |
     | ``num_buckets`` | ``4`` | K, importance buckets per layer |
     | ``b_min``, ``b_max`` | ``2``, ``8`` | bit-width range of surviving channels |
@@ -133,6 +134,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | ``cache_size`` | ``4096`` | evaluated policies kept in the cache (by policy hash) |
     | ``fixed_pruning`` | ``None`` | a recipe whose pruned channels are kept fixed (e.g. the best of a prune-only search); the agent then only picks bit-widths of its survivors |
     | ``data_root``, ``weights``, ``search_size`` | ``None`` | passed to :func:`~ajpq_env.tasks.load_task` (``search_size``: an int >= 1) |
+    | ``latency_table`` | ``None`` | a latency table (:class:`~ajpq_env.compression.latency.LatencyTable` or its JSON path) of this task measured on this machine; ``None`` with ``resource="latency"``: the one ``ajpq profile --task NAME`` cached (1 thread, batch 1). A table measured elsewhere, with other library versions or for another model is refused |
 
     Numbers are checked before anything loads: a bool or string where a number is expected is a ``TypeError``
     (``target=True`` is not 1), a non-finite float a ``ValueError``.
@@ -182,6 +184,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         weights: str | None = None,
         search_size: int | None = None,
         fixed_pruning: Policy | Mapping[str, Any] | str | Path | None = None,
+        latency_table: LatencyTable | str | Path | None = None,
         render_mode: str | None = None,
     ) -> None:
         _check_numbers(
@@ -211,7 +214,8 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.mode, self.reward_name, self.render_mode = mode, reward, render_mode
         self.num_buckets, self.b_min, self.b_max = num_buckets, b_min, b_max
         self.graph = CompressionGraph(self.task.model, self.task.example_input(), importance)
-        self.costs = CostModel(self.graph, a_bits)
+        self.latency_table = self._latency_table(latency_table, resource)
+        self.costs = CostModel(self.graph, a_bits, latency=self.latency_table)
         self._fixed_idx = self._fixed_pruning(fixed_pruning)
         self.budget = BudgetTracker(
             self.graph, self.costs, resource=resource, target=target, mode=mode, b_min=b_min, b_max=b_max,
@@ -242,6 +246,9 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "finetune_steps": finetune_steps, "finetune_lr": finetune_lr,
             "fixed_pruning": None if fixed_pruning is None else _as_policy(fixed_pruning).to_dict(),
         }
+        if latency_table is not None:  # a replay must budget with the same table
+            table_path = self.latency_table.path
+            self.spec_kwargs["latency_table"] = None if table_path is None else str(table_path)
         self._t: int | None = None
         self._bits: dict[str, np.ndarray] = {}
         self._kept_idx: dict[int, np.ndarray] = {}
@@ -387,6 +394,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "cache_hit": result.cache_hit,
             "fragile": result.fragile,
             "budget_met": cost.resource(resource) <= self.budget.budget,
+            **({} if cost.latency_us is None else {"latency_ratio": ratios["latency"], "latency_us": cost.latency_us}),
         }
 
     def record(self, *, env_id: str = "", agent: str = "", seed: int | None = None, episode: int = 0) -> EpisodeRecord:
@@ -434,6 +442,23 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         if self.reward_name == "amc":
             return math.log(max(self.costs.fp32.resource(self.budget.resource), 2))
         return 1.0
+
+    def _latency_table(self, table: LatencyTable | str | Path | None, resource: str) -> LatencyTable | None:
+        """The latency table to use: the one given, or for ``resource="latency"`` the task's cached one."""
+        if isinstance(table, LatencyTable):
+            table.check_key()
+            return table
+        if table is None and resource != "latency":
+            return None
+        if table is not None and not isinstance(table, str | Path):
+            raise TypeError(f"latency_table must be a LatencyTable, a JSON path or None, got {type(table).__name__}")
+        path = default_table_path(self.task.name) if table is None else Path(table)
+        if table is None and not path.is_file():
+            raise LatencyTableError(f'resource="latency" needs a latency table of task {self.task.name!r} measured on '
+                                    f"this machine; none is cached at {str(path)!r}. Build it with `ajpq profile "
+                                    f"--task {self.task.name}` (minutes), or pass latency_table=PATH")
+        return LatencyTable.load(path, self.graph, threads=1 if table is None else None,
+                                 batch=1 if table is None else None)
 
     def _fixed_pruning(self, recipe: Policy | Mapping[str, Any] | str | Path | None) -> dict[int, np.ndarray]:
         """Surviving channels (most important first) of every group that ``recipe`` prunes."""

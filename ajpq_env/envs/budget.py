@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ajpq_env.compression import RESOURCES, CompressionGraph, CostModel, LayerInfo
+from ajpq_env.compression import CompressionGraph, CostModel, LayerInfo
 
 __all__ = ["MODES", "BudgetTracker", "Decision", "expand_buckets"]
 
@@ -43,7 +43,7 @@ class BudgetTracker:
 
     :param graph: the compression graph
     :param costs: its cost model
-    :param resource: ``"size"``, ``"bitops"`` or ``"macs"``
+    :param resource: ``"size"``, ``"bitops"``, ``"macs"``, or ``"latency"`` when ``costs`` has a latency table
     :param target: budget as a ratio of the FP32 model's resource, in (0, 1]
     :param mode: ``"joint"``, ``"prune"``, ``"quant"`` or ``"fixed"`` (one bit-width for the whole network,
         pruning per layer: the paper's SkyNet setting)
@@ -72,8 +72,9 @@ class BudgetTracker:
         channel_round: int,
         fixed_kept: dict[int, int] | None = None,
     ) -> None:
-        if resource not in RESOURCES:
-            raise ValueError(f"resource must be one of {RESOURCES}, got {resource!r}")
+        if resource not in costs.resources:
+            hint = " (\"latency\" needs a latency table: `ajpq profile --task NAME`)" if resource == "latency" else ""
+            raise ValueError(f"resource must be one of {costs.resources}, got {resource!r}{hint}")
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if not (isinstance(target, int | float) and math.isfinite(target) and 0 < target <= 1):
@@ -131,7 +132,7 @@ class BudgetTracker:
 
     # ------------------------------------------------------------------ state
     def reset(self) -> None:
-        self.spent = float(self.costs.fixed_bytes) if self.resource == "size" else 0.0
+        self.spent = self.costs.fixed(self.resource)
         self.kept: dict[int, int] = dict(self.fixed_kept)  # decided groups
         #: "fixed" mode: the one bit-width of the network (``None`` until the agent's first step chooses it)
         self.network_bits: int | None = self.fixed_bits if self.mode == "fixed" else None
@@ -151,10 +152,11 @@ class BudgetTracker:
 
     def step_cost(self, layer: LayerInfo, bits: np.ndarray, overrides: dict[int, int]) -> float:
         """Resource of ``layer`` with survivors at ``bits``."""
-        return self._cost(layer, len(bits), int(bits.sum()), overrides)
+        return self._cost(layer, len(bits), int(bits.sum()), overrides, int(bits.max()) if len(bits) else 0)
 
-    def _cost(self, layer: LayerInfo, kept: int, bit_sum: int, overrides: dict[int, int]) -> float:
-        return self.costs.layer_cost_sum(layer, kept, bit_sum, self._in_kept(layer, overrides)).resource(self.resource)
+    def _cost(self, layer: LayerInfo, kept: int, bit_sum: int, overrides: dict[int, int], max_bits: int) -> float:
+        in_kept = self._in_kept(layer, overrides)
+        return self.costs.layer_cost_sum(layer, kept, bit_sum, in_kept, max_bits).resource(self.resource)
 
     def lower_bound(self, index: int, overrides: dict[int, int]) -> float:
         """Smallest resource of the layers after ``index`` given the decisions so far and ``overrides``."""
@@ -162,7 +164,7 @@ class BudgetTracker:
 
     def _min_cost(self, layer: LayerInfo, overrides: dict[int, int]) -> float:
         kept = layer.out_channels if self.graph.groups[layer.group].locked else self._kept(layer.group, overrides)
-        return self._cost(layer, kept, kept * self.min_bits, overrides)
+        return self._cost(layer, kept, kept * self.min_bits, overrides, self.min_bits)
 
     # ------------------------------------------------------------------ the clipping step
     def decide(self, layer: LayerInfo, kept: int, bucket_bits: np.ndarray) -> Decision:
