@@ -166,6 +166,8 @@ class Config:
     :param finetune_seeds: seeds of the fine-tune; the target is their mean
     :param goal: the Spearman correlation a setting should reach
     :param timing_recipes: recipes whose evaluation is timed back to back with an FP32 pass, per setting (0: none)
+    :param phases: what to compute (``finetune``, ``search``, ``timing``); the table is made from whatever is cached,
+        so one process may fine-tune while another measures the settings in the same ``out`` folder
     :param threads: torch intra-op threads (0 = torch's default)
     """
 
@@ -187,6 +189,7 @@ class Config:
     finetune_seeds: tuple[int, ...] = (0,)
     goal: float = 0.8
     timing_recipes: int = 3
+    phases: tuple[str, ...] = ("finetune", "search", "timing")
     threads: int = 1
 
     def recipe_key(self) -> dict[str, Any]:
@@ -221,9 +224,12 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     parser.add_argument("--goal", type=float, default=d.goal, help="Spearman correlation to reach")
     parser.add_argument("--timing-recipes", type=int, default=d.timing_recipes,
                         help="per setting, recipes timed against an FP32 pass over the search split (0: none)")
+    parser.add_argument("--phases", nargs="+", default=list(d.phases), choices=d.phases,
+                        help="what to compute; the table uses whatever is cached (run finetune and search in two "
+                             "processes on one --out to use two cores)")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = torch's default)")
     args = vars(parser.parse_args(argv))
-    for key in ("baselines", "heuristic_exponents", "settings", "finetune_seeds"):
+    for key in ("baselines", "heuristic_exponents", "settings", "finetune_seeds", "phases"):
         args[key] = tuple(args[key])
     config = Config(**args)
     for name in ("random_recipes", "prune_recipes", "quant_recipes", "finetune_samples", "timing_recipes", "threads"):
@@ -356,16 +362,30 @@ def load_or_build_recipes(task: Task, config: Config) -> list[Recipe]:
 
 
 # ---------------------------------------------------------------------------------------------- measurements
-def finetuned_metric(task: Task, recipe: Recipe, config: Config, seed: int) -> dict[str, Any]:
-    """The recipe's test metric after the standard fine-tune with ``seed`` (cached in ``<out>/finetune``)."""
-    from ajpq_env.deploy import FinetuneConfig, finetune
+def _finetune_path(recipe: Recipe, config: Config, seed: int) -> Path:
+    samples = config.finetune_samples or "all"
+    return config.out / "finetune" / f"{recipe.name}-e{config.finetune_epochs}-n{samples}-s{seed}.json"
 
-    samples = config.finetune_samples or None
-    path = config.out / "finetune" / f"{recipe.name}-e{config.finetune_epochs}-n{samples or 'all'}-s{seed}.json"
+
+def cached_finetune(recipe: Recipe, config: Config, seed: int) -> dict[str, Any] | None:
+    """The cached result of :func:`finetuned_metric`, or ``None``."""
+    path = _finetune_path(recipe, config, seed)
     if path.is_file():
         cached = json.loads(path.read_text())
         if cached["digest"] == recipe.policy.digest():
             return cached
+    return None
+
+
+def finetuned_metric(task: Task, recipe: Recipe, config: Config, seed: int) -> dict[str, Any]:
+    """The recipe's test metric after the standard fine-tune with ``seed`` (cached in ``<out>/finetune``)."""
+    from ajpq_env.deploy import FinetuneConfig, finetune
+
+    cached = cached_finetune(recipe, config, seed)
+    if cached is not None:
+        return cached
+    samples = config.finetune_samples or None
+    path = _finetune_path(recipe, config, seed)
     start = time.perf_counter()
     tuned = finetune(task, recipe.policy, FinetuneConfig(
         epochs=config.finetune_epochs, samples_per_epoch=samples, seed=seed, progress=False,
@@ -418,10 +438,12 @@ def measure_setting(task: Task, recipes: Sequence[Recipe], setting: RewardSettin
                   f"{row['cpu_seconds']:.1f} s CPU", flush=True)
 
 
-def time_settings(task: Task, recipes: Sequence[Recipe], settings: Sequence[RewardSetting], config: Config) -> dict[str, float]:
+def time_settings(task: Task, recipes: Sequence[Recipe], settings: Sequence[RewardSetting], config: Config,
+                  compute: bool = True) -> dict[str, float]:
     """Per setting, the CPU time of one evaluation in units of one FP32 forward pass over the whole search split
     (each of ``config.timing_recipes`` recipes evaluated, then the pass timed right after it): a cost that other
-    load on the machine changes far less than seconds do. Cached in ``<out>/timing.csv``."""
+    load on the machine changes far less than seconds do. Cached in ``<out>/timing.csv`` (only read when not
+    ``compute``)."""
     path = config.out / "timing.csv"
     fields = ("setting", "recipes", "eval_cpu_seconds", "fp32_pass_cpu_seconds", "fp32_passes")
     done: dict[str, float] = {}
@@ -429,7 +451,7 @@ def time_settings(task: Task, recipes: Sequence[Recipe], settings: Sequence[Rewa
         with path.open(newline="") as f:
             done = {row["setting"]: float(row["fp32_passes"]) for row in csv.DictReader(f)}
     k = min(config.timing_recipes, len(recipes))
-    if not k:
+    if not k or not compute:
         return done
     picks = [recipes[i] for i in np.linspace(0, len(recipes) - 1, k).round().astype(int)]
     new = not path.is_file()
@@ -562,25 +584,32 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     settings = [RewardSetting.parse(text) for text in config.settings]
     settings = list({s.name: s for s in settings}.values())
     measured = read_measurements(config.out / "search.csv")
-    measure_setting(task, recipes, settings[0], config, measured)  # the cheap first setting: an early look
+    if "search" in config.phases:
+        measure_setting(task, recipes, settings[0], config, measured)  # the cheap first setting: an early look
 
     per_seed: dict[int, dict[str, float]] = {s: {} for s in config.finetune_seeds}
     for recipe in recipes:
         for seed in config.finetune_seeds:
-            result = finetuned_metric(task, recipe, config, seed)
-            per_seed[seed][recipe.name] = result["test"]
-            print(f"  fine-tuned {recipe.name:<16} seed {seed}: test {result['test']:.4f} "
-                  f"({result['seconds']:.0f} s)", flush=True)
-    targets = {r.name: float(np.mean([per_seed[s][r.name] for s in config.finetune_seeds])) for r in recipes}
+            if "finetune" in config.phases:
+                result = finetuned_metric(task, recipe, config, seed)
+                print(f"  fine-tuned {recipe.name:<16} seed {seed}: test {result['test']:.4f} "
+                      f"({result['seconds']:.0f} s)", flush=True)
+            else:
+                result = cached_finetune(recipe, config, seed)
+            if result is not None:
+                per_seed[seed][recipe.name] = result["test"]
+    targets = {r.name: float(np.mean([per_seed[s][r.name] for s in config.finetune_seeds])) for r in recipes
+               if all(r.name in per_seed[s] for s in config.finetune_seeds)}
     seed_agreement = math.nan
     if len(config.finetune_seeds) >= 2:
         first, second = (per_seed[s] for s in config.finetune_seeds[:2])
-        seed_agreement = rank_correlations([first[r.name] for r in recipes], [second[r.name] for r in recipes])[0]
+        both = [r.name for r in recipes if r.name in first and r.name in second]
+        seed_agreement = rank_correlations([first[n] for n in both], [second[n] for n in both])[0]
 
-    for setting in settings[1:]:
-        measure_setting(task, recipes, setting, config, measured)
-
-    passes = time_settings(task, recipes, settings, config)
+    if "search" in config.phases:
+        for setting in settings[1:]:
+            measure_setting(task, recipes, setting, config, measured)
+    passes = time_settings(task, recipes, settings, config, compute="timing" in config.phases)
     rows = summarize(recipes, targets, measured, settings, passes)
     with (config.out / "fidelity.csv").open("w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))

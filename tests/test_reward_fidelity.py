@@ -72,6 +72,9 @@ TINY = ["--task", "synthetic-mobilenet_v2", "--target", "0.25", "--baselines", "
 @pytest.mark.slow
 def test_tiny_run_writes_tables_and_resumes(tmp_path, monkeypatch):
     out = tmp_path / "fidelity"
+    # measuring alone (as a second process beside the fine-tunes would): the table has no fine-tuned targets yet
+    early = rf.main([*TINY, "--out", str(out), "--phases", "search"])
+    assert [r["n"] for r in early] == [0, 0, 0] and not (out / "finetune").exists()
     rows = rf.main([*TINY, "--out", str(out)])
 
     index = json.loads((out / "recipes.json").read_text())
