@@ -34,6 +34,9 @@ from ajpq_env.records import EpisodeRecord
 
 __all__ = [
     "BASELINES",
+    "PRIOR_RULES",
+    "SensitivityGreedy",
+    "prior_plans",
     "ImportanceHeuristic",
     "Plan",
     "RandomSearch",
@@ -258,6 +261,126 @@ class ImportanceHeuristic(_CandidateSearch):
         return plans
 
 
+class SensitivityGreedy(_CandidateSearch):
+    """No learning: HAQ-style greedy allocation from measured per-layer sensitivities.
+
+    The predicted metric loss of a decision is the sum, over layers, of the loss measured with that layer alone at
+    its bit-width, and over groups, of the loss measured with that group alone pruned
+    (:func:`~ajpq_env.envs.sensitivity.layer_sensitivity`, measured once per task and cached). From 8 bits and no
+    pruning, the greedy repeatedly takes the cheapest move per unit of resource saved (one bit less on a layer, or
+    ``prune_step`` more of a group's channels pruned) until the budget is met. Candidates differ in how much
+    pruning is allowed (``prune_caps``), so the first episodes span the prune-vs-quantize trade-off.
+
+    :param prune_caps: largest sparsity per group of each candidate (capped by the env's ``max_sparsity``)
+    :param prune_step: sparsity added by one pruning move
+    :param samples: search samples per sensitivity probe
+    """
+
+    description = "no learning: greedy bit/sparsity allocation from measured per-layer sensitivity (HAQ-style)"
+
+    def __init__(self, prune_caps: tuple[float, ...] = (0.0, 0.25, 0.5, 0.8), prune_step: float = 0.125,
+                 samples: int = 500) -> None:
+        super().__init__("sensitivity")
+        self.prune_caps, self.prune_step, self.samples = tuple(prune_caps), prune_step, samples
+
+    def _plans(self) -> list[Plan]:
+        from ajpq_env.envs.sensitivity import PROBE_SPARSITY, layer_sensitivity
+
+        base = self.env.unwrapped
+        graph, budget = base.graph, base.budget
+        if base.mode not in ("joint", "prune", "quant"):
+            return []  # "fixed" mode: one network-wide bit-width, which this per-layer greedy does not model
+        sens = layer_sensitivity(base.task, graph, base.evaluator.settings, samples=self.samples)
+        prunable = [g.id for g in graph.groups if budget.can_prune(g.id)]
+        start_bits = budget.fixed_bits if base.mode == "prune" else base.b_max
+        bit_moves = base.mode != "prune"
+
+        def prune_loss(group_id: int, sparsity: float) -> float:
+            drop = sens.prune_drop[group_id]
+            return 0.0 if np.isnan(drop) else max(float(drop), 0.0) * (sparsity / PROBE_SPARSITY) ** 2
+
+        plans = []
+        for cap in self.prune_caps:
+            cap = min(cap, budget.max_sparsity)
+            bits = {layer.name: start_bits for layer in graph.layers}
+            sparsity = dict.fromkeys(prunable, 0.0)
+
+            current = _layer_plan(self.env, bits, sparsity)
+            while not current.fits:
+                moves = []
+                for layer in graph.layers if bit_moves else []:
+                    b = bits[layer.name]
+                    if b > base.b_min:
+                        loss = sens.drop_at(layer.index, b - 1) - sens.drop_at(layer.index, b)
+                        moves.append((max(loss, 0.0) + 1e-6, ("bits", layer.name, b - 1)))
+                for g in prunable:
+                    s = sparsity[g]
+                    if s + self.prune_step <= cap + 1e-9:
+                        loss = prune_loss(g, s + self.prune_step) - prune_loss(g, s)
+                        moves.append((max(loss, 0.0) + 1e-6, ("prune", g, s + self.prune_step)))
+                if not moves:
+                    break
+                # exact resource saved by each move (the cost model, on the layers the move touches)
+                scored = []
+                for loss, move in moves:
+                    kind, key, value = move
+                    trial_bits = {**bits, key: value} if kind == "bits" else bits
+                    trial_sparsity = {**sparsity, key: value} if kind == "prune" else sparsity
+                    touched = _touched(graph, kind, key)
+                    saved = (_plan_cost(self.env, bits, sparsity, budget, only=touched)
+                             - _plan_cost(self.env, trial_bits, trial_sparsity, budget, only=touched))
+                    if saved > 0:
+                        scored.append((loss / saved, move))
+                if not scored:
+                    break
+                _, (kind, key, value) = min(scored, key=lambda item: item[0])
+                if kind == "bits":
+                    bits[key] = value
+                else:
+                    sparsity[key] = value
+                current = _layer_plan(self.env, bits, sparsity)
+            if current.fits:
+                plans.append(current)
+            if not prunable:
+                break  # every cap gives the same plan
+        return plans
+
+
+def _layer_plan(env: gym.Env, bits: Mapping[str, int], sparsity: Mapping[int, float]) -> Plan:
+    """The plan with one bit-width per layer and one sparsity per prunable group."""
+    base = env.unwrapped
+    kept = {g: base.budget.kept_for_sparsity(g, s) for g, s in sparsity.items()}
+    return Plan(env, kept, lambda layer, k: np.full(base.num_buckets, bits[layer.name]))
+
+
+def _touched(graph: Any, kind: str, key: Any) -> set[str]:
+    """Layers whose cost a greedy move changes: the layer itself, or a group's members and consumers."""
+    if kind == "bits":
+        return {key}
+    group = graph.groups[key]
+    return set(group.members) | set(group.consumers)
+
+
+def _plan_cost(env: gym.Env, bits: Mapping[str, int], sparsity: Mapping[int, float], budget: Any,
+               only: set[str] | None = None) -> float:
+    """Resource of the recipe with per-layer ``bits`` and per-group ``sparsity`` (cheaper than building a Plan);
+    with ``only``, the share of those layers (without the fixed part)."""
+    base = env.unwrapped
+    graph, costs = base.graph, base.costs
+    kept = {g.id: budget.kept_for_sparsity(g.id, sparsity[g.id]) if g.id in sparsity else g.channels
+            for g in graph.groups}
+    pruned = {g.id: g.channels - kept[g.id] for g in graph.groups}
+    total = float(costs.fixed_bytes) if budget.resource == "size" and only is None else 0.0
+    for layer in graph.layers:
+        if only is not None and layer.name not in only:
+            continue
+        group = graph.groups[layer.group]
+        k = layer.out_channels if group.locked else kept[group.id]
+        lc = costs.layer_cost_sum(layer, k, k * bits[layer.name], costs.in_kept(layer, pruned))
+        total += lc.resource(budget.resource)
+    return total
+
+
 # ---------------------------------------------------------------------- two-step: prune, then quantize
 def default_prune_target(env: gym.Env) -> float:
     """Stage 1's budget for :class:`TwoStep`: pruning and quantization share the compression geometrically.
@@ -384,5 +507,31 @@ BASELINES: dict[str, type[SearchAgent]] = {
     "random": RandomSearch,
     "uniform": UniformPrecision,
     "heuristic": ImportanceHeuristic,
+    "sensitivity": SensitivityGreedy,
     "two-step": TwoStep,
 }
+
+#: The non-learning rules whose plans can seed a learned search (:mod:`agents.guide`).
+PRIOR_RULES: dict[str, type[_CandidateSearch]] = {
+    "sensitivity": SensitivityGreedy,
+    "heuristic": ImportanceHeuristic,
+    "uniform": UniformPrecision,
+}
+
+
+def prior_plans(env: gym.Env, rules: tuple[str, ...], limit: int) -> list[Plan]:
+    """The candidate plans of ``rules`` on ``env``, in order, without duplicate recipes, at most ``limit``."""
+    plans: list[Plan] = []
+    seen: set[str] = set()
+    for name in rules:
+        rule = PRIOR_RULES[name]()
+        rule.setup(env, episodes=limit, seed=0)
+        try:
+            candidates = rule.candidates
+        except ValueError:  # no candidate meets this env's budget
+            continue
+        for plan in candidates:
+            if plan.recipe.digest() not in seen and len(plans) < limit:
+                seen.add(plan.recipe.digest())
+                plans.append(plan)
+    return plans

@@ -75,6 +75,7 @@ class AlgoSpec:
     :param episodes_per_rollout: on-policy only: rollout length in episodes
     :param defaults: constructor defaults below the YAML (AMC/HAQ values where they apply)
     :param description: one line for listings
+    :param guided: searches with the prior-guided schedule (:mod:`agents.guide`) unless told otherwise
     """
 
     name: str
@@ -86,6 +87,7 @@ class AlgoSpec:
     episodes_per_rollout: int = 1
     defaults: dict[str, Any] = field(default_factory=dict)
     description: str = ""
+    guided: bool = False
 
     def algorithm_class(self) -> type[BaseAlgorithm]:
         return _import(self.cls)
@@ -100,10 +102,10 @@ ALGORITHMS: dict[str, AlgoSpec] = {
     spec.name: spec
     for spec in (
         AlgoSpec("td3-twolevel", "stable_baselines3:TD3", "agents.policies:TwoLevelTD3Policy", True, True,
-                 defaults={**_DDPG_LIKE, **_TWO_LEVEL},
-                 description="AJPQ: TD3 with the two-level (layer -> sparsity, channel -> bits) actor"),
+                 defaults={**_DDPG_LIKE, **_TWO_LEVEL}, guided=True,
+                 description="AJPQ: TD3 with the two-level (layer -> sparsity, channel -> bits) actor, prior-guided"),
         AlgoSpec("ddpg-twolevel", "stable_baselines3:DDPG", "agents.policies:TwoLevelTD3Policy", True, True,
-                 defaults={**_DDPG_LIKE, **_TWO_LEVEL}, description="DDPG with the two-level actor"),
+                 defaults={**_DDPG_LIKE, **_TWO_LEVEL}, guided=True, description="DDPG with the two-level actor"),
         AlgoSpec("td3", "stable_baselines3:TD3", "MultiInputPolicy", True, True, defaults={**_DDPG_LIKE, **_MLP_300},
                  description="TD3 with an MLP actor on the flattened Dict observation"),
         AlgoSpec("ddpg", "stable_baselines3:DDPG", "MultiInputPolicy", True, True,
@@ -280,6 +282,7 @@ def make_model(
     tensorboard_log: str | None = None,
     verbose: int = 0,
     device: str = "cpu",
+    guided: bool = False,
 ) -> BaseAlgorithm:
     """Build algorithm ``name`` on ``env`` (an AJPQ env, possibly wrapped) for a search of ``episodes`` episodes.
 
@@ -294,6 +297,7 @@ def make_model(
     :param tensorboard_log: SB3's TensorBoard directory
     :param verbose: SB3's verbosity
     :param device: torch device
+    :param guided: build the algorithm's :func:`~agents.guide.guided_class` (the caller attaches the guide)
     """
     spec = get_algorithm(name)
     schedule = schedule if schedule is not None else SearchSchedule()
@@ -358,8 +362,13 @@ def make_model(
             params.setdefault("batch_size", episode_length)
     if schedule.gamma is not None:
         params["gamma"] = schedule.gamma
+    algorithm = spec.algorithm_class()
+    if guided:
+        from agents.guide import guided_class
+
+        algorithm = guided_class(algorithm)
     try:
-        return spec.algorithm_class()(
+        return algorithm(
             policy, env, seed=seed, tensorboard_log=tensorboard_log, verbose=verbose, device=device, **params
         )
     except TypeError as err:

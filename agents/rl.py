@@ -15,6 +15,7 @@ the global generators that ``ajpq search`` saves, a resumed search continues exa
 
 from __future__ import annotations
 
+import json
 import pickle
 import zipfile
 from collections.abc import Callable, Mapping
@@ -25,12 +26,15 @@ import gymnasium as gym
 from stable_baselines3.common.base_class import BaseAlgorithm
 from stable_baselines3.common.callbacks import BaseCallback
 
-from agents.base import SearchAgent, SearchHooks
+from agents.base import SearchAgent, SearchHooks, meets_budget
+from agents.guide import GuideSettings, SearchGuide, make_guide
 from agents.registry import AlgoSpec, get_algorithm, make_model
 from agents.sb3_state import load_model_state, save_model_state
-from agents.schedule import SearchSchedule
+from agents.schedule import DecayingTruncatedNormalNoise, SearchSchedule
 
 __all__ = ["RecordEpisodes", "SB3Agent", "SafePointCallback"]
+
+_GUIDE_FILE = "guide.json"
 
 
 class RecordEpisodes(gym.Wrapper):
@@ -40,18 +44,25 @@ class RecordEpisodes(gym.Wrapper):
     :param on_end: called with no argument when a step returns ``terminated`` or ``truncated``
     """
 
-    def __init__(self, env: gym.Env, on_end: Callable[[], None]) -> None:
+    def __init__(self, env: gym.Env, on_end: Callable[[], None],
+                 on_step: Callable[[Any, Any], None] | None = None) -> None:
         super().__init__(env)
-        self.on_end = on_end
+        self.on_end, self.on_step = on_end, on_step
         self.in_episode = False
+        self._obs: Any = None
 
     def reset(self, **kwargs: Any):
         self.in_episode = False
-        return self.env.reset(**kwargs)
+        obs, info = self.env.reset(**kwargs)
+        self._obs = obs
+        return obs, info
 
     def step(self, action):  # noqa: ANN001, ANN201 (Gymnasium's signature)
         self.in_episode = True
+        if self.on_step is not None:
+            self.on_step(self._obs, action)
         obs, reward, terminated, truncated, info = self.env.step(action)
+        self._obs = obs
         if terminated or truncated:
             self.in_episode = False
             self.on_end()
@@ -88,12 +99,16 @@ class SB3Agent(SearchAgent):
     :param tensorboard_log: SB3's TensorBoard directory (``None``: no TensorBoard)
     :param verbose: SB3's verbosity
     :param device: torch device
+    :param guide: the prior-guided search (:class:`~agents.guide.GuideSettings`) for deterministic off-policy
+        algorithms; default: :class:`~agents.guide.GuideSettings` for the algorithms registered as guided (the
+        two-level agents), none for the others; ``GuideSettings.off()`` switches it off
     """
 
     def __init__(
         self,
         algo: str,
         *,
+        guide: GuideSettings | None = None,
         schedule: SearchSchedule | None = None,
         hyperparams: Mapping[str, Any] | None = None,
         hyperparams_path: str | Path | None = None,
@@ -110,20 +125,46 @@ class SB3Agent(SearchAgent):
         self.tensorboard_log, self.verbose, self.device = tensorboard_log, verbose, device
         self.model: BaseAlgorithm | None = None
         self._hooks: SearchHooks = SearchHooks()
+        if guide is not None and not (self.spec.off_policy and self.spec.deterministic) and guide != GuideSettings.off():
+            raise ValueError(f"the prior-guided search needs a deterministic off-policy algorithm (TD3, DDPG), "
+                             f"not {self.spec.name}")
+        if guide is None:
+            guide = GuideSettings() if self.spec.guided else GuideSettings.off()
+        self.guide_settings = guide
+        self.guide: SearchGuide | None = None
 
     def setup(self, env: gym.Env, *, episodes: int, seed: int) -> None:
         super().setup(env, episodes=episodes, seed=seed)
-        self.recorder = RecordEpisodes(env, self._on_episode_end)
+        guided = self.guide_settings != GuideSettings.off()
+        self.recorder = RecordEpisodes(env, self._on_episode_end, self._on_step if guided else None)
         self.model = make_model(
             self.spec.name, self.recorder, episodes=episodes, seed=seed, schedule=self.schedule,
             hyperparams=self.hyperparams, hyperparams_path=self.hyperparams_path, env_id=self._env_id or None,
-            tensorboard_log=self.tensorboard_log, verbose=self.verbose, device=self.device,
+            tensorboard_log=self.tensorboard_log, verbose=self.verbose, device=self.device, guided=guided,
         )
+        self.guide = None
+        if guided:
+            self.guide = make_guide(self.guide_settings, env, episodes, seed)
+            self.model.guide = self.guide
+            self.model.step_index = lambda: env.unwrapped._t
+            # the prior episodes come before the schedule's random warm-up: learning starts after both
+            extra = self.guide.prior_episodes * self.episode_length
+            self.model.learning_starts += extra
+            noise = self.model.action_noise
+            if isinstance(noise, DecayingTruncatedNormalNoise):
+                noise.delay += self.guide.prior_episodes
+
+    def _on_step(self, observation: Any, action: Any) -> None:
+        if self.guide is not None:
+            self.guide.observe_step(observation, action)
 
     def _on_episode_end(self) -> None:
         if self.done:  # cannot happen: SafePointCallback stops learn() at the first step past the budget
             raise RuntimeError(f"{self.name}: an episode past the budget of {self.total_episodes} finished")
-        self._finish_episode(self._hooks)
+        record = self._finish_episode(self._hooks)
+        if self.guide is not None:
+            budget = self.env.unwrapped.budget
+            self.guide.end_episode(record.metric, meets_budget(record, budget.target, budget.resource))
 
     def _run(self, hooks: SearchHooks) -> None:
         assert self.model is not None
@@ -147,6 +188,8 @@ class SB3Agent(SearchAgent):
         assert self.model is not None
         super().save(directory)
         save_model_state(self.model, Path(directory))
+        if self.guide is not None:
+            (Path(directory) / _GUIDE_FILE).write_text(json.dumps(self.guide.state()))
 
     def load(self, directory: str | Path) -> None:
         """Restore a :meth:`save` into the model built by :meth:`setup`; nothing is unpickled (weights-only
@@ -158,3 +201,8 @@ class SB3Agent(SearchAgent):
             load_model_state(self.model, directory, self.device)
         except (OSError, KeyError, EOFError, TypeError, RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile) as err:
             raise ValueError(f"cannot load the {self.name} model state from {str(directory)!r}: {err}") from None
+        if self.guide is not None:
+            try:
+                self.guide.set_state(json.loads((directory / _GUIDE_FILE).read_text()))
+            except (OSError, KeyError, TypeError, ValueError) as err:
+                raise ValueError(f"cannot load the search guide's state from {str(directory)!r}: {err!r}") from None

@@ -61,6 +61,7 @@ from agents.checkpoint import (
     write_checkpoint,
     write_run_marker,
 )
+from agents.guide import GuideSettings
 from agents.registry import ALGORITHMS, ALIASES, DEFAULT_ALGO, agent_names, make_agent, parse_hyperparam
 from agents.schedule import SearchSchedule
 from ajpq_env.compression import Policy
@@ -93,6 +94,11 @@ class SearchConfig:
     gamma: float = _opt(1.0, "discount factor (the schedule's gamma = 1)")
     credit: bool = _opt(True, "store every step of an episode with its final reward (off-policy algorithms)")
     schedule: bool = _opt(True, "apply the AMC/HAQ schedule; --no-schedule runs the YAML hyperparameters as RL Zoo would")
+    guide: bool = _opt(True, "prior-guided search for the guided agents (td3-twolevel, ddpg-twolevel): prior "
+                             "episodes from non-learning rules, behaviour cloning, exploitation around the best")
+    guide_priors: str = _opt("sensitivity,heuristic,uniform", "comma-separated rules whose plans open a guided search "
+                                                             "(sensitivity, heuristic, uniform; empty: none)")
+    exploit_fraction: float = _opt(0.3, "guided search: fraction of the episodes, at the end, spent around the best")
     stage_algo: str = _opt("ddpg", "two-step only: the agent of both stages")
     prune_target: float | None = _opt(None, "two-step only: the prune stage's budget ratio (default: geometric split)")
     hyperparams: list[str] = field(
@@ -108,7 +114,7 @@ class SearchConfig:
     #: options a resume must repeat (compared as resolved values: see :meth:`identity`)
     IDENTITY: typing.ClassVar[tuple[str, ...]] = (
         "env", "algo", "target", "resource", "seed", "warmup_episodes", "noise_sigma", "noise_decay", "gamma",
-        "credit", "schedule", "stage_algo", "prune_target", "hyperparams", "hyperparams_path", "env_kwargs",
+        "credit", "schedule", "guide", "guide_priors", "exploit_fraction", "stage_algo", "prune_target", "hyperparams", "hyperparams_path", "env_kwargs",
     )
     #: the resolved options known only once the env is built (its default budget)
     ENV_RESOLVED: typing.ClassVar[tuple[str, ...]] = ("target", "resource")
@@ -133,7 +139,7 @@ class SearchConfig:
         for name, value, low, high, low_open in (
             ("--target", self.target, 0.0, 1.0, True), ("--prune-target", self.prune_target, 0.0, 1.0, True),
             ("--noise-sigma", self.noise_sigma, 0.0, 10.0, False), ("--noise-decay", self.noise_decay, 0.0, 1.0, True),
-            ("--gamma", self.gamma, 0.0, 1.0, False),
+            ("--gamma", self.gamma, 0.0, 1.0, False), ("--exploit-fraction", self.exploit_fraction, 0.0, 0.99, False),
         ):
             above_low = value is not None and (value > low if low_open else value >= low)
             if value is not None and not (math.isfinite(value) and above_low and value <= high):
@@ -141,6 +147,7 @@ class SearchConfig:
                 raise ValueError(f"{name} must be a number in {interval}, got {value}")
         if self.resume and self.out is None:
             raise ValueError("--resume needs --out, the run directory to continue")
+        self.guide_settings()  # unknown prior names are usage errors
         for item in self.hyperparams:
             if "=" not in item or not item.partition("=")[0].strip():
                 raise ValueError(f"--hyperparams takes KEY=VALUE items, got {item!r}")
@@ -178,6 +185,16 @@ class SearchConfig:
             warmup_episodes=self.resolved_warmup(), noise_sigma=self.noise_sigma or None,
             noise_decay=self.noise_decay, gamma=self.gamma, credit_final_reward=self.credit,
         )
+
+    def guide_settings(self) -> GuideSettings:
+        """The prior-guided search of ``--guide``, ``--guide-priors`` and ``--exploit-fraction``."""
+        if not self.guide:
+            return GuideSettings.off()
+        priors = tuple(p.strip() for p in self.guide_priors.split(",") if p.strip())
+        try:
+            return GuideSettings(priors=priors, exploit_fraction=self.exploit_fraction)
+        except ValueError as err:
+            raise ValueError(f"--guide-priors / --exploit-fraction: {err}") from None
 
     def hyperparam_overrides(self) -> dict[str, Any]:
         return {key.strip(): parse_hyperparam(value) for key, _, value in (item.partition("=") for item in self.hyperparams)}
@@ -272,7 +289,8 @@ def build_agent(config: SearchConfig, out: Path) -> SearchAgent:
         "verbose": config.verbose, "device": config.device,
     }
     if config.algo in ALGORITHMS:
-        return make_agent(config.algo, **rl)
+        guided = ALGORITHMS[config.algo].guided
+        return make_agent(config.algo, **rl, **({"guide": config.guide_settings()} if guided else {}))
     if config.algo == "two-step":
         stage = ALIASES.get(config.stage_algo, config.stage_algo)
         return make_agent("two-step", stage_algo=stage, prune_target=config.prune_target,

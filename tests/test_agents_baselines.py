@@ -79,8 +79,10 @@ def test_two_step_prunes_then_quantizes_with_stage_one_pruning(task):
             np.testing.assert_array_equal(recipe.pruned(name), pruned.pruned(name))
         assert meets_budget(record, 0.125, "size")
         replay_ok(task, record)
-    assert result.best in stage2  # stage 1 does not meet the final budget
-    assert all(not meets_budget(r, 0.125, "size") for r in stage1)
+    # the run's best is the best within the final budget over both stages (a prune-only stage-1 recipe may
+    # already meet it now that BatchNorm is folded into the stored scales)
+    within = [r for r in result.records if meets_budget(r, 0.125, "size")]
+    assert result.best is not None and result.best.metric == max(r.metric for r in within)
 
 
 def test_two_step_with_a_learned_stage_agent(task):

@@ -309,3 +309,9 @@ def test_bad_packed_file(tmp_path):
         load(path)
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load(tmp_path / "missing.ajpq")
+
+
+@pytest.mark.parametrize("values", [["4", 8], [None, 8], [True, False], [{"a": 1}]])
+def test_bit_widths_that_are_not_numbers_are_refused_not_cast(values):
+    with pytest.raises(ValueError, match="must be integers"):
+        Policy({"conv": values})

@@ -40,9 +40,15 @@ class Policy(Mapping[str, np.ndarray]):
     def __init__(self, bits: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> None:
         self._bits: dict[str, np.ndarray] = {}
         for name, values in bits.items():
+            if not isinstance(name, str):
+                raise ValueError(f"layer names must be strings, got {name!r}")
             array = np.asarray(values)
             if array.ndim != 1:
                 raise ValueError(f"layer {name!r}: bit-widths must be a 1-d sequence, got shape {array.shape}")
+            if array.size and (array.dtype.kind not in "iuf"):
+                # strings ("4"), None, booleans or objects: refused, never cast
+                raise ValueError(f"layer {name!r}: bit-widths must be integers, got {array.dtype} values "
+                                 f"such as {values[0]!r}")
             if array.size and not np.all(np.equal(np.mod(array, 1), 0)):
                 raise ValueError(f"layer {name!r}: bit-widths must be integers, got {array.dtype}")
             if array.size and (array.min() < 0 or array.max() > 32):

@@ -125,8 +125,8 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | ``max_sparsity`` | ``0.8`` | largest prunable fraction of a group's channels |
     | ``channel_round`` | ``1`` | pruned channel counts are multiples of this |
     | ``importance`` | ``"l1"`` | importance criterion (``"l1"``, ``"l2"``) |
-    | ``a_bits`` | ``8`` | activation bit-width in BitOPs |
-    | ``bn_calibration_batches`` | ``1`` | training batches for BatchNorm recalibration (0 = off) |
+    | ``a_bits`` | ``8`` | activation bit-width: 2..8 (integer activations, as deployed), 32 (float activations) |
+    | ``bn_calibration_batches`` | ``1`` | training batches that recalibrate BatchNorm and set the activation ranges |
     | ``calibration_batch_size`` | ``64`` | samples per calibration / fine-tuning batch |
     | ``finetune_steps`` | ``0`` | quantization-aware SGD steps before evaluation |
     | ``finetune_lr`` | ``1e-3`` | their learning rate |
