@@ -62,7 +62,9 @@ class Config:
 
     :param task: task name (``synthetic-<model>`` for a tiny random one)
     :param recipe: recipe JSON to measure; default: built here by the importance heuristic at ``target``
-    :param target: size budget of the built recipe, as a ratio of FP32
+    :param target: budget of the built recipe, as a ratio of FP32 ``resource``
+    :param resource: the budgeted resource of the built recipe: ``size``, or ``latency`` (predicted by the latency
+        table, ``--latency-table`` or the cached one; its batch size is the regime the budget is for)
     :param channel_round: one comparison per value (pruned channel counts are multiples of it)
     :param b_max: largest bit-width of the built recipe (7 keeps every layer on the int8-weight kernels: the
         exporter stores a layer holding an 8-bit channel as uint8, which runs onnxruntime's slower u8u8 kernels)
@@ -85,6 +87,7 @@ class Config:
     task: str = "cifar10-mobilenet_v2"
     recipe: Path | None = None
     target: float = 0.125
+    resource: str = "size"
     channel_round: list[int] = field(default_factory=lambda: [1])
     b_max: int = 8
     candidates: int = 0
@@ -110,7 +113,9 @@ def parse_args(argv: list[str] | None = None) -> Config:
     parser.add_argument("--task", default=Config.task)
     parser.add_argument("--recipe", type=Path, default=None, help="recipe JSON (default: built by the heuristic)")
     parser.add_argument("--target", type=_bounded(float, 1e-6, 1.0), default=Config.target,
-                        help="size budget of the built recipe (default 0.125)")
+                        help="budget of the built recipe as a ratio of FP32 (default 0.125)")
+    parser.add_argument("--resource", choices=("size", "latency"), default=Config.resource,
+                        help="budgeted resource of the built recipe (latency: needs a latency table)")
     parser.add_argument("--channel-round", type=positive, nargs="+", default=[1], help="e.g. 1 8 16")
     parser.add_argument("--b-max", type=_bounded(int, 2, 8), default=Config.b_max,
                         help="largest bit-width of the built recipe (7: int8-weight kernels everywhere)")
@@ -361,11 +366,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if rounding != 1 or len(config.channel_round) > 1:
                     print("--channel-round applies to built recipes; a given recipe is measured as it is")
             else:
-                env = AJPQEnv(_with_search(task, config.search_size), target=config.target, resource="size",
-                              channel_round=rounding, b_max=config.b_max)
+                table = None
+                if config.resource == "latency":
+                    table = config.latency_table or default_table_path(task.name, config.threads, 1)
+                env = AJPQEnv(_with_search(task, config.search_size), target=config.target, resource=config.resource,
+                              channel_round=rounding, b_max=config.b_max, latency_table=table)
                 policy, metric, ranked = heuristic_recipe(env, config.candidates)
-                label = (f"heuristic recipe at size {config.target}, channel_round {rounding}, b_max {config.b_max} "
-                         f"(best of {ranked} candidates, search metric {metric:.4f})")
+                label = (f"heuristic recipe at {config.resource} {config.target}, channel_round {rounding}, "
+                         f"b_max {config.b_max} (best of {ranked} candidates, search metric {metric:.4f}"
+                         + ("" if table is None else f", predicted latency {env.costs(policy).latency_us:.0f} us "
+                            f"= {env.costs(policy).latency_us / env.costs.fp32.latency_us:.3f} of FP32 at batch "
+                            f"{env.latency_table.batch}") + ")")
             result = compare(task, policy, graph, fp32_path, folder / f"round{rounding}", config)
             result["recipe"] = policy.to_dict()
             results["comparisons"][str(rounding)] = result

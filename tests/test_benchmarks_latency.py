@@ -64,3 +64,20 @@ def test_latency_benchmark_refuses_bad_options(capsys):
         with pytest.raises(SystemExit):
             latency.parse_args(argv)
     assert "must lie in" in capsys.readouterr().err
+
+
+def test_latency_benchmark_builds_a_latency_budgeted_recipe(tmp_path, capsys):
+    _table(tmp_path / "table.json")
+    result = latency.main([
+        "--task", "synthetic-mobilenet_v2", "--resource", "latency", "--target", "0.3", "--batches", "1",
+        "--repeats", "1", "--warmup", "1", "--min-sample-ms", "0", "--test-size", "8", "--candidates", "1",
+        "--latency-table", str(tmp_path / "table.json"),
+    ])
+    assert "heuristic recipe at latency 0.3" in capsys.readouterr().out
+    recipe = result["comparisons"]["1"]["recipe"]
+    graph = CompressionGraph(synthetic_task().model, synthetic_task().example_input())
+    from ajpq_env.compression import CostModel, Policy
+
+    table = LatencyTable.load(tmp_path / "table.json", graph)
+    costs = CostModel(graph, latency=table)
+    assert costs(Policy.from_dict(recipe)).latency_us <= 0.3 * table.fp32_us

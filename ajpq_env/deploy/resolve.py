@@ -28,6 +28,7 @@ from torch import nn
 
 from ajpq_env import tasks
 from ajpq_env.compression import B_MAX, B_MIN, IMPORTANCES, CompressionGraph, Policy
+from ajpq_env.compression.cost import LATENCY, RESOURCES
 from ajpq_env.compression.policy import RECIPE_FORMAT
 from ajpq_env.models import MODELS, build_model
 from ajpq_env.tasks import SYNTHETIC_PREFIX, TASKS, Split, Task, load_task, synthetic_task
@@ -46,7 +47,7 @@ RECIPE_META_LIMITS: dict[str, tuple[type, float, float] | tuple[str, ...]] = {
     "bn_calibration_batches": (int, 0, 1000), "calibration_batch_size": (int, 1, 4096),
     "finetune_steps": (int, 0, 10_000), "finetune_lr": (float, 0.0, 10.0), "eval_batch_size": (int, 1, 65_536),
     "target": (float, 0.0, 1.0), "max_sparsity": (float, 0.0, 1.0),
-    "importance": tuple(IMPORTANCES), "resource": ("size", "bitops", "macs"), "mode": ("joint", "prune", "quant", "fixed"),
+    "importance": tuple(IMPORTANCES), "resource": (*RESOURCES, LATENCY), "mode": ("joint", "prune", "quant", "fixed"),
 }
 
 
