@@ -130,7 +130,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | ``calibration_batch_size`` | ``64`` | samples per calibration / fine-tuning batch |
     | ``finetune_steps`` | ``0`` | quantization-aware SGD steps before evaluation |
     | ``finetune_lr`` | ``1e-3`` | their learning rate |
-    | ``eval_batch_size`` | ``250`` | batch size of the evaluation |
+    | ``eval_batch_size`` | ``100`` | batch size of the evaluation |
     | ``cache_size`` | ``4096`` | evaluated policies kept in the cache (by policy hash) |
     | ``fixed_pruning`` | ``None`` | a recipe whose pruned channels are kept fixed (e.g. the best of a prune-only search); the agent then only picks bit-widths of its survivors |
     | ``data_root``, ``weights``, ``search_size`` | ``None`` | passed to :func:`~ajpq_env.tasks.load_task` (``search_size``: an int >= 1) |
@@ -178,7 +178,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         calibration_batch_size: int = 64,
         finetune_steps: int = 0,
         finetune_lr: float = 1e-3,
-        eval_batch_size: int = 250,
+        eval_batch_size: int = 100,
         cache_size: int = 4096,
         data_root: str | None = None,
         weights: str | None = None,

@@ -52,7 +52,7 @@ class Evaluator:
         graph: CompressionGraph,
         settings: DeploySettings | None = None,
         *,
-        eval_batch_size: int = 250,
+        eval_batch_size: int = 100,
         cache_size: int = 4096,
     ) -> None:
         if isinstance(cache_size, bool) or not isinstance(cache_size, int) or cache_size < 0:
