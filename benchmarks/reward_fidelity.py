@@ -166,6 +166,8 @@ class Config:
     :param finetune_seeds: seeds of the fine-tune; the target is their mean
     :param goal: the Spearman correlation a setting should reach
     :param timing_recipes: recipes whose evaluation is timed back to back with an FP32 pass, per setting (0: none)
+    :param leaderboard: a ``leaderboard.csv`` whose fine-tuned rows of the same task, resource, target and fine-tune
+        budget add their best recipes, with the test metric of the leaderboard's fine-tune (its seed is the run's)
     :param phases: what to compute (``finetune``, ``search``, ``timing``); the table is made from whatever is cached,
         so one process may fine-tune while another measures the settings in the same ``out`` folder
     :param threads: torch intra-op threads (0 = torch's default)
@@ -191,6 +193,7 @@ class Config:
     timing_recipes: int = 3
     phases: tuple[str, ...] = ("finetune", "search", "timing")
     threads: int = 1
+    leaderboard: Path | None = None
 
     def recipe_key(self) -> dict[str, Any]:
         """The options that define the recipe set (a resumed folder must have been made with the same)."""
@@ -228,6 +231,9 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
                         help="what to compute; the table uses whatever is cached (run finetune and search in two "
                              "processes on one --out to use two cores)")
     parser.add_argument("--threads", type=int, default=d.threads, help="torch threads (0 = torch's default)")
+    parser.add_argument("--leaderboard", type=Path, default=None,
+                        help="a leaderboard.csv whose fine-tuned best recipes of this task, resource and target (same "
+                             "fine-tune budget) join the recipes, with the test metric its equal fine-tune measured")
     args = vars(parser.parse_args(argv))
     for key in ("baselines", "heuristic_exponents", "settings", "finetune_seeds", "phases"):
         args[key] = tuple(args[key])
@@ -235,6 +241,8 @@ def parse_args(argv: Sequence[str] | None = None) -> Config:
     for name in ("random_recipes", "prune_recipes", "quant_recipes", "finetune_samples", "timing_recipes", "threads"):
         if getattr(config, name) < 0:
             parser.error(f"--{name.replace('_', '-')} must be >= 0, got {getattr(config, name)}")
+    if config.leaderboard is not None and not config.leaderboard.is_file():
+        parser.error(f"--leaderboard: no such file {str(config.leaderboard)!r}")
     if config.finetune_epochs < 1:
         parser.error(f"--finetune-epochs must be >= 1, got {config.finetune_epochs}")
     try:
@@ -359,6 +367,29 @@ def load_or_build_recipes(task: Task, config: Config) -> list[Recipe]:
     rows = [{"name": r.name, "family": r.family, "digest": r.policy.digest(), "info": r.info} for r in recipes]
     index.write_text(json.dumps({"config": config.recipe_key(), "recipes": rows}, indent=1))
     return recipes
+
+
+def leaderboard_recipes(config: Config) -> tuple[list[Recipe], dict[str, float]]:
+    """The best recipes of ``config.leaderboard``'s rows that match the benchmark (task, resource, target and the
+    fine-tune budget), named ``lb-<agent>-s<seed>``, and their test metric after the leaderboard's equal fine-tune:
+    the recipes a search actually hands on, all near the budget, which is where a reward must rank well."""
+    from benchmarks.leaderboard.rows import read_rows
+
+    recipes, targets = [], {}
+    samples = config.finetune_samples or None
+    for row in read_rows(config.leaderboard) if config.leaderboard is not None else []:
+        if (row.task != config.task or row.resource != config.resource or not math.isclose(row.target, config.target)
+                or row.finetune_epochs != config.finetune_epochs or row.finetune_samples != samples
+                or not row.recipe or not math.isfinite(row.test_metric)):
+            continue
+        policy = Policy.from_dict(row.recipe)
+        bits = np.concatenate([np.asarray(policy[name]) for name in policy])
+        name = f"lb-{row.agent}-s{row.seed}"
+        recipes.append(Recipe(name, "leaderboard", policy, {
+            "size_ratio": row.size_ratio, "macs_ratio": row.macs_ratio, "bitops_ratio": row.bitops_ratio,
+            "pruned_fraction": float(np.mean(bits == 0)), "mean_bits": policy.mean_bits()}))
+        targets[name] = row.test_metric
+    return recipes, targets
 
 
 # ---------------------------------------------------------------------------------------------- measurements
@@ -566,6 +597,10 @@ def markdown(rows: Sequence[dict[str, Any]], recipes: Sequence[Recipe], targets:
             f"standard fine-tune ({config.finetune_epochs} epochs x {samples} samples, seeds {seeds}) over "
             f"{len(recipes)} recipes. Command: `python -m benchmarks.reward_fidelity "
             f"{' '.join(sys.argv[1:])}`\n\n" + head + "\n".join(lines) + "\n")
+    imported = sum(r.family == "leaderboard" for r in recipes)
+    if imported:
+        text += (f"\n{imported} recipes (`lb-<agent>-s<seed>`) are leaderboard runs' best recipes ({config.leaderboard}); "
+                 "their test metric is the leaderboard's equal fine-tune, made with the run's seed.\n")
     if math.isfinite(seed_agreement):
         text += f"\nSpearman between the fine-tune seeds' test metrics (noise ceiling): {seed_agreement:.3f}\n"
     return text + "\n## Per recipe (search metric under each setting)\n\n" + "\n".join(per_recipe) + "\n"
@@ -581,6 +616,11 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
     print(f"{len(recipes)} recipes of {config.task} at {config.resource} <= {config.target:g} in {config.out}",
           flush=True)
 
+    imported, imported_targets = leaderboard_recipes(config)
+    known = {r.policy.digest() for r in recipes}
+    imported = [r for r in imported if r.policy.digest() not in known]
+    if imported:
+        print(f"{len(imported)} fine-tuned recipes from {config.leaderboard}", flush=True)
     settings = [RewardSetting.parse(text) for text in config.settings]
     settings = list({s.name: s for s in settings}.values())
     measured = read_measurements(config.out / "search.csv")
@@ -606,8 +646,10 @@ def main(argv: Sequence[str] | None = None) -> list[dict[str, Any]]:
         both = [r.name for r in recipes if r.name in first and r.name in second]
         seed_agreement = rank_correlations([first[n] for n in both], [second[n] for n in both])[0]
 
+    targets.update({r.name: imported_targets[r.name] for r in imported})
+    recipes = recipes + imported
     if "search" in config.phases:
-        for setting in settings[1:]:
+        for setting in settings[1 if not imported else 0:]:
             measure_setting(task, recipes, setting, config, measured)
     passes = time_settings(task, recipes, settings, config, compute="timing" in config.phases)
     rows = summarize(recipes, targets, measured, settings, passes)

@@ -22,12 +22,9 @@ def env(tmp_path_factory):
     return AJPQEnv(synthetic_task(), target=0.15)
 
 
-@pytest.fixture(autouse=True)
-def _cache(tmp_path, monkeypatch):
+def test_sensitivity_is_measured_once_and_cached(env, tmp_path, monkeypatch):
+    # a cache of its own; the other tests share the session's (conftest), so the probes run once per session
     monkeypatch.setenv("AJPQ_CACHE", str(tmp_path / "cache"))
-
-
-def test_sensitivity_is_measured_once_and_cached(env, tmp_path):
     first = layer_sensitivity(env.task, env.graph, env.evaluator.settings, samples=32)
     assert first.quant_drop.shape == (len(env.graph.layers), len(PROBE_BITS))
     prunable = [g.id for g in env.graph.groups if not g.locked]
@@ -109,3 +106,28 @@ def test_guide_settings_are_checked():
         GuideSettings(exploit_fraction=1.5)
     with pytest.raises(ValueError, match="deterministic off-policy"):
         make_agent("ppo", guide=GuideSettings())
+
+
+def test_sensitivity_features_extend_the_layer_observation(env):
+    from gymnasium.utils.env_checker import check_env
+    from stable_baselines3.common.env_checker import check_env as sb3_check_env
+
+    from ajpq_env.envs.observation import LAYER_FEATURES, SENSITIVITY_FEATURES, sensitivity_features
+
+    seen = AJPQEnv(env.task, target=0.15, observe_sensitivity=True)
+    width = len(LAYER_FEATURES) + len(SENSITIVITY_FEATURES)
+    assert seen.observation_space["layer"].shape == (width,)
+    obs, _ = seen.reset(seed=0)
+    plain, _ = env.reset(seed=0)
+    # the static features come first, then the three probes, then the dynamic features unchanged
+    assert np.array_equal(obs["layer"][:12], plain["layer"][:12])
+    assert np.array_equal(obs["layer"][15:], plain["layer"][12:])
+    probes = layer_sensitivity(env.task, env.graph, env.evaluator.settings)
+    expected = sensitivity_features(env.graph, probes)
+    assert expected.shape == (len(env.graph.layers), 3) and 0.0 <= expected.min() and expected.max() <= 1.0
+    assert np.allclose(obs["layer"][12:15], expected[0])
+    assert seen.spec_kwargs["observe_sensitivity"] is True
+    check_env(seen, skip_render_check=True)
+    sb3_check_env(seen, warn=False)
+    with pytest.raises(TypeError, match="observe_sensitivity"):
+        AJPQEnv(env.task, observe_sensitivity=1)

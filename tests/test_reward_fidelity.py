@@ -119,3 +119,37 @@ def test_tiny_run_writes_tables_and_resumes(tmp_path, monkeypatch):
 
     with pytest.raises(SystemExit, match="recipes.json was made with"):
         rf.main([*TINY, "--out", str(out), "--random-recipes", "2"])
+
+
+# ---------------------------------------------------------------------------------------------- leaderboard recipes
+def test_leaderboard_rows_join_with_their_finetuned_test_metric(tmp_path, deploy_env):
+    from ajpq_env.compression import Policy
+    from benchmarks.leaderboard.rows import COLUMNS, LeaderboardRow
+
+    policy = Policy.random(deploy_env.graph, np.random.default_rng(0), max_sparsity=0.5)
+    task = deploy_env.task.name
+
+    def row(agent, seed, test, **over):
+        fields = dict(entry="e", env_id="synthetic", task=task, mode="joint", resource="size", target=0.125,
+                      agent=agent, seed=seed, seed_set="held-out", episode_budget=4, episodes=4, best_episode=1,
+                      metric=0.5, fp32_metric=0.6, size_ratio=0.12, macs_ratio=0.7, bitops_ratio=0.03, reward=0.0,
+                      walltime=1.0, validated=True, validation="OK", finetune_epochs=2, finetune_samples=10_000,
+                      test_metric=test, recipe=policy.to_dict())
+        return LeaderboardRow(**{**fields, **over}).to_row()
+
+    path = tmp_path / "leaderboard.csv"
+    with path.open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerow(row("td3-twolevel", 100, 0.7))
+        writer.writerow(row("two-step", 100, float("nan")))  # no fine-tune: left out
+        writer.writerow(row("uniform", 100, 0.6, finetune_epochs=1))  # another fine-tune budget: left out
+        writer.writerow(row("heuristic", 100, 0.6, target=0.25))  # another budget: left out
+    config = rf.Config(task=task, target=0.125, leaderboard=path)
+    recipes, targets = rf.leaderboard_recipes(config)
+    assert [r.name for r in recipes] == ["lb-td3-twolevel-s100"] and targets == {"lb-td3-twolevel-s100": 0.7}
+    assert recipes[0].policy == policy and recipes[0].family == "leaderboard"
+    assert recipes[0].info["pruned_fraction"] == pytest.approx(
+        np.mean(np.concatenate([policy[n] for n in policy]) == 0))
+    with pytest.raises(SystemExit):
+        rf.parse_args(["--leaderboard", str(tmp_path / "missing.csv")])

@@ -280,9 +280,14 @@ def _markdown(run: Path, records: list[EpisodeRecord], policy: Policy, rows: lis
     sizes = np.array([r.size_ratio for r in records])
     metrics = np.array([r.metric for r in records])
     ok = np.flatnonzero(np.isfinite(sizes) & np.isfinite(metrics))
-    front = ok[pareto_front(sizes[ok], metrics[ok])] if ok.size else []
+    front = list(ok[pareto_front(sizes[ok], metrics[ok])]) if ok.size else []
+    if best is not None and best not in front:
+        # the best recipe ties a front member on metric at a larger size (the search keeps the first of equal
+        # rewards): list it anyway, so the table always shows the recipe the run hands on
+        front = sorted(front + [best], key=lambda i: (sizes[i], -metrics[i]))
     lines += ["## Search", "", f"![metric vs size]({_rel(out / 'search.png', out)})", "",
-              f"Pareto front ({len(front)} of {len(records)} episodes: none smaller and better):", "",
+              f"Pareto front ({len(front)} of {len(records)} episodes: none smaller and better; the best recipe "
+              "always listed):", "",
               "| episode | metric | size ratio | BitOPs ratio | MACs ratio |", "|---:|---:|---:|---:|---:|"]
     lines += [f"| {records[i].episode}{' (best)' if i == best else ''} | {_pct(records[i].metric)} | "
               f"{records[i].size_ratio:.4f} | {records[i].bitops_ratio:.4f} | {records[i].macs_ratio:.4f} |"

@@ -17,7 +17,14 @@ from ajpq_env.compression import B_MAX, B_MIN, CompressionGraph, CostModel, Depl
 from ajpq_env.compression.latency import LatencyTable, LatencyTableError, default_table_path
 from ajpq_env.envs.budget import MODES, BudgetTracker
 from ajpq_env.envs.evaluator import Evaluator
-from ajpq_env.envs.observation import CHANNEL_FEATURES, LAYER_FEATURES, channel_matrices, static_layer_features
+from ajpq_env.envs.observation import (
+    _STATIC,
+    CHANNEL_FEATURES,
+    LAYER_FEATURES,
+    channel_matrices,
+    sensitivity_features,
+    static_layer_features,
+)
 from ajpq_env.records import EpisodeRecord, ValidationResult
 from ajpq_env.tasks import Task, load_task
 from ajpq_env.tasks.registry import check_search_size
@@ -86,7 +93,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     | key | shape | content |
     |-----|-------|---------|
-    | ``layer`` | ``(19,)`` | index, type (conv/depthwise/linear), in/out channels, kernel, stride, feature-map size, log params, log MACs (min-max over the network), sparsity locked, budget spent, budget remaining, minimum cost of the remaining layers (all as fractions of the FP32 resource), target, previous sparsity, previous mean bits, fraction of input channels kept |
+    | ``layer`` | ``(19,)`` (``(22,)`` with ``observe_sensitivity``) | index, type (conv/depthwise/linear), in/out channels, kernel, stride, feature-map size, log params, log MACs (min-max over the network), sparsity locked, budget spent, budget remaining, minimum cost of the remaining layers (all as fractions of the FP32 resource), target, previous sparsity, previous mean bits, fraction of input channels kept |
     | ``channels`` | ``(num_buckets, 6)`` | per importance bucket: mean, max, min importance, fraction of channels, mean weight range, mean weight spread |
 
     Names: :data:`~ajpq_env.envs.observation.LAYER_FEATURES`, :data:`~ajpq_env.envs.observation.CHANNEL_FEATURES`.
@@ -138,6 +145,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
 
     Numbers are checked before anything loads: a bool or string where a number is expected is a ``TypeError``
     (``target=True`` is not 1), a non-finite float a ``ValueError``.
+    | ``observe_sensitivity`` | ``False`` | append the layer's measured sensitivity (loss added at 2 and 4 bits, and by half pruning its group; :mod:`~ajpq_env.envs.sensitivity`, measured once per task and cached) to the ``layer`` observation |
     | ``render_mode`` | ``None`` | ``"ansi"`` (per-layer table) or ``"rgb_array"`` (per-layer bars) |
 
     ## Version History
@@ -185,6 +193,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         search_size: int | None = None,
         fixed_pruning: Policy | Mapping[str, Any] | str | Path | None = None,
         latency_table: LatencyTable | str | Path | None = None,
+        observe_sensitivity: bool = False,
         render_mode: str | None = None,
     ) -> None:
         _check_numbers(
@@ -196,6 +205,8 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
              "eval_batch_size": eval_batch_size, "cache_size": cache_size},
         )
         check_search_size(search_size)
+        if not isinstance(observe_sensitivity, bool):
+            raise TypeError(f"observe_sensitivity must be True or False, got {observe_sensitivity!r}")
         if reward not in REWARDS:
             raise ValueError(f"reward must be one of {REWARDS}, got {reward!r}")
         if mode not in MODES:
@@ -230,11 +241,17 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
                                    cache_size=cache_size)
         self.fp32_metric = self.task.fp32_metric("search", eval_batch_size)
         self._static = static_layer_features(self.graph)
+        self.observe_sensitivity = bool(observe_sensitivity)
+        if self.observe_sensitivity:  # measured once per task and setting, then read from the cache
+            from ajpq_env.envs.sensitivity import layer_sensitivity
+
+            probes = layer_sensitivity(self.task, self.graph, settings)
+            self._static = np.concatenate([self._static, sensitivity_features(self.graph, probes)], axis=1)
         self._channels = channel_matrices(self.graph, self.task.model, num_buckets).astype(np.float32)
         self.action_space = spaces.Box(-1.0, 1.0, (1 + num_buckets,), np.float32)
         self.observation_space = spaces.Dict(
             {
-                "layer": spaces.Box(0.0, 1.0, (len(LAYER_FEATURES),), np.float32),
+                "layer": spaces.Box(0.0, 1.0, (self._static.shape[1] + len(LAYER_FEATURES) - _STATIC,), np.float32),
                 "channels": spaces.Box(0.0, 1.0, (num_buckets, len(CHANNEL_FEATURES)), np.float32),
             }
         )
@@ -243,7 +260,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "b_min": b_min, "b_max": b_max, "fixed_bits": fixed_bits, "max_sparsity": max_sparsity,
             "channel_round": channel_round, "importance": importance, "a_bits": a_bits,
             "bn_calibration_batches": bn_calibration_batches, "calibration_batch_size": calibration_batch_size,
-            "finetune_steps": finetune_steps, "finetune_lr": finetune_lr,
+            "finetune_steps": finetune_steps, "finetune_lr": finetune_lr, "observe_sensitivity": observe_sensitivity,
             "fixed_pruning": None if fixed_pruning is None else _as_policy(fixed_pruning).to_dict(),
         }
         if latency_table is not None:  # a replay must budget with the same table

@@ -12,7 +12,14 @@ from torch import nn
 
 from ajpq_env.compression import CompressionGraph
 
-__all__ = ["CHANNEL_FEATURES", "LAYER_FEATURES", "channel_matrices", "static_layer_features"]
+__all__ = [
+    "CHANNEL_FEATURES",
+    "LAYER_FEATURES",
+    "SENSITIVITY_FEATURES",
+    "channel_matrices",
+    "sensitivity_features",
+    "static_layer_features",
+]
 
 #: Names of the entries of the ``layer`` observation, in order.
 LAYER_FEATURES: tuple[str, ...] = (
@@ -37,6 +44,10 @@ LAYER_FEATURES: tuple[str, ...] = (
     "inputs_kept",
 )
 _STATIC = 12  # the first 12 entries are static
+
+#: Extra entries of the ``layer`` observation with ``observe_sensitivity=True`` (after the static ones): the loss
+#: the layer alone adds at 2 and 4 bits, and its group adds when half pruned (:mod:`ajpq_env.envs.sensitivity`).
+SENSITIVITY_FEATURES: tuple[str, ...] = ("sensitivity_2bit", "sensitivity_4bit", "sensitivity_prune")
 
 #: Names of the columns of each row of the ``channels`` observation.
 CHANNEL_FEATURES: tuple[str, ...] = (
@@ -109,3 +120,18 @@ def channel_matrices(graph: CompressionGraph, model: nn.Module, buckets: int) ->
                 spread[idx].mean(),
             ]
     return np.clip(out, 0.0, 1.0)
+
+
+def sensitivity_features(graph: CompressionGraph, sensitivity: object) -> np.ndarray:
+    """``(L, 3)``: the per-layer probes of :class:`~ajpq_env.envs.sensitivity.Sensitivity` as features, each
+    ``log1p`` of the added loss (0 when negative: noise) min-max normalised over the network; a layer's pruning
+    sensitivity is its group's (0 for groups that cannot be pruned)."""
+    quant = np.maximum(sensitivity.quant_drop, 0.0)
+    bits = list(sensitivity.bits)
+    prune = np.nan_to_num(np.maximum(sensitivity.prune_drop, 0.0), nan=0.0)
+    rows = np.stack([quant[:, bits.index(2)], quant[:, bits.index(4)],
+                     np.array([prune[layer.group] for layer in graph.layers])], axis=1)
+    rows = np.log1p(rows)
+    for column in range(rows.shape[1]):
+        rows[:, column] = _minmax(rows[:, column])
+    return rows

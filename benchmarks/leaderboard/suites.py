@@ -146,15 +146,24 @@ _MNIST_FT, _CIFAR_FT = (2, None), (2, 10_000)  # the issue's `ajpq finetune --ep
 _EMBEDDED = (
     entry("AJPQ-MobileNet-v0", "mnist5k-mobilenet_v2", "size", 0.125, 150, finetune=_MNIST_FT),
     entry("AJPQ-MobileNet-v0", "mnist5k-mobilenet_v2", "bitops", 0.03, 150, finetune=_MNIST_FT),
+    # 1/8 of FP32 size fits uniform 4-bit weights once BatchNorm is folded (0.974 vs FP32 0.980): a harder budget
+    # that still separates the agents
+    entry("AJPQ-MobileNet-v0", "mnist5k-mobilenet_v2", "size", 0.0625, 150, finetune=_MNIST_FT),
 )
+# CIFAR-10 MobileNetV2 searches on a class-balanced 2,000-image subset of the 5,000-image search split: 2.9 s per
+# episode instead of 6.0 s on one core (300 episodes in ~15 min), ranking 26 varied recipes like the full split
+# (Spearman 0.998, 0.993 among the better half: benchmarks/reward_fidelity.py, setting split2000)
+_CIFAR_MNV2 = {"search_size": 2000, "finetune": _CIFAR_FT}
 _CIFAR10 = (
-    entry("AJPQ-MobileNet-CIFAR10-v0", "cifar10-mobilenet_v2", "size", 0.125, 150, finetune=_CIFAR_FT),
-    entry("AJPQ-MobileNet-CIFAR10-v0", "cifar10-mobilenet_v2", "bitops", 0.03, 150, finetune=_CIFAR_FT),
-    entry("AJPQ-MobileNet-CIFAR10-v0", "cifar10-mobilenet_v2", "size", 0.1, 150, finetune=_CIFAR_FT),
+    entry("AJPQ-MobileNet-CIFAR10-v0", "cifar10-mobilenet_v2", "size", 0.125, 150, **_CIFAR_MNV2),
+    entry("AJPQ-MobileNet-CIFAR10-v0", "cifar10-mobilenet_v2", "bitops", 0.03, 150, **_CIFAR_MNV2),
+    entry("AJPQ-MobileNet-CIFAR10-v0", "cifar10-mobilenet_v2", "size", 0.2, 150, **_CIFAR_MNV2),  # 5x
+    entry("AJPQ-MobileNet-CIFAR10-v0", "cifar10-mobilenet_v2", "size", 0.1, 150, **_CIFAR_MNV2),  # 10x
     entry("AJPQ-ResNet20-CIFAR10-v0", "cifar10-resnet20", "size", 0.125, 150, finetune=_CIFAR_FT),
 )
 # SkyNet on the embedded single-object set (shipped), fixed precision as in the paper: MACs <= 0.5 of FP32
-_SKYNET = (entry("AJPQ-SkyNet-Fixed-v0", "embedded-skynet", "macs", 0.5, 100, finetune=(3, None)),)
+# (8-bit weights everywhere, the agent prunes), as the paper's SkyNet result
+_SKYNET = (entry("AJPQ-SkyNet-Fixed-v0", "embedded-skynet", "macs", 0.5, 100, finetune=(3, None), fixed_bits=8),)
 
 #: suite name -> suite
 SUITES: dict[str, Suite] = {

@@ -1,0 +1,224 @@
+"""Regenerate ``benchmarks/results/CLAIMS.md``: the paper's claims, measured on our tasks.
+
+Rows (each with the command that produced its numbers, the seeds, and mean ± sample std over them):
+
+(a) **a 0-bit channel is a removed channel**: the largest output difference between the policy simulated in place
+    (0-bit channels zeroed with their BatchNorm shift) and the physically pruned network, on random recipes of three
+    models; measured here, in seconds;
+(b) **joint one-step vs two-step** (prune, then quantize) at equal size and equal fine-tune: the test metric after
+    the leaderboard's equal fine-tune of each run's best recipe, held-out seeds only;
+(c) **compression at which the fine-tuned joint recipe stays within 1 pt of FP32**: the 5x (size 0.2) and 10x
+    (size 0.1) entries of the leaderboard, held-out seeds only;
+(d) **SkyNet at fixed precision**: read from a results JSON written by the SkyNet claim run
+    (``--skynet FILE``: a JSON list of rows with ``claim``, ``measured``, ``command``, ``seeds``).
+
+Rows (b) and (c) read a leaderboard CSV (``--leaderboard DIR`` holding ``leaderboard.csv``): the numbers are never
+re-typed, and a missing entry or fewer than 3 held-out seeds is written as "not measured" with the reason.
+
+    python -m benchmarks.claims --leaderboard runs/leaderboard     # SkyNet rows: benchmarks/results/skynet_claim.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["ClaimRow", "ClaimsConfig", "joint_vs_two_step", "main", "render", "within_one_point", "zero_bit_rows"]
+
+RESULTS = Path(__file__).parent / "results" / "CLAIMS.md"
+#: the SkyNet claim run's rows (measured by the commands they name; a search + fine-tune takes about 40 min on 2 cores)
+SKYNET_ROWS = Path(__file__).parent / "results" / "skynet_claim.json"
+JOINT_AGENT, TWO_STEP = "td3-twolevel", "two-step"
+LEADERBOARD_CMD = ("python -m benchmarks.leaderboard --suite cifar10 --entries {entry} --agents {agents} "
+                   "--seeds held-out --workers 2 --threads 1 --out {out}")
+
+
+@dataclass
+class ClaimsConfig:
+    """Options of ``python -m benchmarks.claims``.
+
+    :param leaderboard: folder of the leaderboard run holding ``leaderboard.csv`` (``None``: rows (b), (c) say so)
+    :param skynet: JSON file of the SkyNet claim rows (``None``: row (d) says so)
+    :param out: the Markdown file written
+    :param zero_bit_seeds: random recipes per model for row (a)
+    """
+
+    leaderboard: Path | None = None
+    skynet: Path | None = SKYNET_ROWS
+    out: Path = RESULTS
+    zero_bit_seeds: int = 3
+
+
+@dataclass
+class ClaimRow:
+    """One row of CLAIMS.md: the paper's claim, what we measured, how, and on which seeds."""
+
+    claim: str
+    measured: str
+    command: str
+    seeds: str = ""
+    notes: list[str] = field(default_factory=list)
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    values = [v for v in values if not math.isnan(v)]
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+# ---------------------------------------------------------------------- (a) 0-bit == removed
+@torch.no_grad()
+def zero_bit_rows(seeds: int = 3) -> ClaimRow:
+    """Max |simulated - physically pruned| over random recipes of MobileNetV2, ResNet-20 and MobileNetV1."""
+    from ajpq_env.compression import CompressionGraph, Policy, compress, simulate
+    from ajpq_env.tasks import synthetic_task
+
+    parts = []
+    for model, shape in (("mobilenet_v2", (3, 32, 32)), ("resnet20", (3, 32, 32)), ("mobilenet_v1", (3, 32, 32))):
+        task = synthetic_task(model, input_shape=shape)
+        graph = CompressionGraph(task.model, task.example_input())
+        x = task.splits["search"].tensor()
+        worst = 0.0
+        for seed in range(seeds):
+            policy = Policy.random(graph, np.random.default_rng(seed), max_sparsity=0.8)
+            worst = max(worst, float((simulate(task.model, graph, policy)(x) - compress(task.model, graph, policy)(x))
+                                     .abs().max()))
+        parts.append(f"{model} {worst:.1e}")
+    return ClaimRow(
+        "pruning a channel is quantizing it to 0 bits",
+        "max |output difference| between the 0-bit simulation and the physically pruned network: " + ", ".join(parts),
+        "python -m benchmarks.claims (random recipes, max sparsity 0.8, random weights and BatchNorm statistics)",
+        f"recipe seeds 0..{seeds - 1}",
+    )
+
+
+# ---------------------------------------------------------------------- (b), (c) from the leaderboard
+def _held_out(rows: list, entry: str, agent: str) -> list:
+    return [r for r in rows if r.entry == entry and r.agent == agent and r.seed_set == "held-out" and r.found]
+
+
+def joint_vs_two_step(rows: list, out: Path, entry: str = "cifar10-mobilenet_v2/size-0.125") -> ClaimRow:
+    """Row (b): test after the equal fine-tune, joint agent vs two-step, held-out seeds."""
+    joint, two = _held_out(rows, entry, JOINT_AGENT), _held_out(rows, entry, TWO_STEP)
+    command = LEADERBOARD_CMD.format(entry=entry, agents=f"{JOINT_AGENT} {TWO_STEP}", out=out)
+    if len(joint) < 3 or len(two) < 3:
+        return ClaimRow("joint (one search) beats prune-then-quantize at equal size", "not measured: fewer than 3 "
+                        f"held-out runs of each agent in {entry} ({len(joint)}, {len(two)})", command)
+    ft = joint[0]
+    budget = f"{ft.finetune_epochs} epochs x {ft.finetune_samples or 'all'} samples"
+    gap = statistics.fmean(r.test_metric for r in joint) - statistics.fmean(r.test_metric for r in two)
+    return ClaimRow(
+        "joint (one search) beats prune-then-quantize at equal size",
+        f"{entry}: test after the equal fine-tune ({budget}) {JOINT_AGENT} {_mean_std([r.test_metric for r in joint])}"
+        f" vs {TWO_STEP} {_mean_std([r.test_metric for r in two])} ({gap * 100:+.2f} pt); search metric "
+        f"{_mean_std([r.metric for r in joint])} vs {_mean_std([r.metric for r in two])}; size ratios "
+        f"{statistics.fmean(r.size_ratio for r in joint):.4f} vs {statistics.fmean(r.size_ratio for r in two):.4f}",
+        command, "held-out " + ", ".join(str(r.seed) for r in joint),
+    )
+
+
+def within_one_point(rows: list, out: Path, entry: str, label: str) -> ClaimRow:
+    """Row (c): the fine-tuned joint recipe of ``entry`` against FP32 test accuracy, held-out seeds."""
+    joint = _held_out(rows, entry, JOINT_AGENT)
+    command = LEADERBOARD_CMD.format(entry=entry, agents=JOINT_AGENT, out=out)
+    claim = f"{label} smaller weights within 1 pt of FP32 after fine-tuning"
+    if len(joint) < 3:
+        return ClaimRow(claim, f"not measured: {len(joint)} held-out runs of {JOINT_AGENT} in {entry}", command)
+    fp32 = statistics.fmean(r.fp32_test_metric for r in joint)
+    test = [r.test_metric for r in joint]
+    gap = statistics.fmean(test) - fp32
+    verdict = "within 1 pt" if gap >= -0.01 else "NOT within 1 pt"
+    ft = joint[0]
+    return ClaimRow(
+        claim,
+        f"{entry}: size ratio {statistics.fmean(r.size_ratio for r in joint):.4f} "
+        f"({1 / statistics.fmean(r.size_ratio for r in joint):.1f}x), test {_mean_std(test)} vs FP32 {fp32:.4f} "
+        f"({gap * 100:+.2f} pt, {verdict}) after {ft.finetune_epochs} epochs x {ft.finetune_samples or 'all'} samples",
+        command, "held-out " + ", ".join(str(r.seed) for r in joint),
+    )
+
+
+# ---------------------------------------------------------------------- the file
+def render(rows: list[ClaimRow]) -> str:
+    lines = [
+        "# AJPQ's claims, measured",
+        "",
+        "Regenerated by `python -m benchmarks.claims`; every number comes from the command beside it. Search-quality",
+        "rows use held-out seeds only (mean ± sample std). CIFAR-10 numbers are on the JPEG copy of CIFAR-10",
+        "(`../shared/data/cifar10`), not comparable with published CIFAR-10 figures.",
+        "",
+        "| claim (paper) | measured here | command | seeds |",
+        "|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(f"| {row.claim} | {row.measured} | `{row.command}` | {row.seeds} |")
+    notes = [note for row in rows for note in row.notes]
+    if notes:
+        lines += ["", *[f"- {note}" for note in notes]]
+    return "\n".join(lines) + "\n"
+
+
+def _skynet_rows(path: Path | None) -> list[ClaimRow]:
+    claim = ">5x smaller, 2x less compute at fixed precision, IoU not lower (SkyNet, DAC-SDC)"
+    if path is None or not path.is_file():
+        return [ClaimRow(claim, "not measured here: no SkyNet results file given (--skynet)", "")]
+    data = json.loads(path.read_text())
+    if not isinstance(data, list):
+        raise ValueError(f"{path}: expected a JSON list of claim rows")
+    return [ClaimRow(str(d["claim"]), str(d["measured"]), str(d["command"]), str(d.get("seeds", "")),
+                     [str(n) for n in d.get("notes", [])]) for d in data]
+
+
+def build(config: ClaimsConfig) -> list[ClaimRow]:
+    rows = [zero_bit_rows(config.zero_bit_seeds)]
+    board = []
+    out = config.leaderboard or Path("runs/leaderboard")
+    if config.leaderboard is not None:
+        from benchmarks.leaderboard.rows import read_rows
+
+        board = read_rows(config.leaderboard / "leaderboard.csv")
+    rows.append(joint_vs_two_step(board, out))
+    rows.append(within_one_point(board, out, "cifar10-mobilenet_v2/size-0.2", "5x"))
+    rows.append(within_one_point(board, out, "cifar10-mobilenet_v2/size-0.1", "10x"))
+    rows.extend(_skynet_rows(config.skynet))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.claims", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--leaderboard", type=Path, default=None, help="leaderboard folder holding leaderboard.csv")
+    parser.add_argument("--skynet", type=Path, default=SKYNET_ROWS,
+                        help=f"JSON rows of the SkyNet claim run (default {SKYNET_ROWS})")
+    parser.add_argument("--out", type=Path, default=RESULTS, help=f"the Markdown file (default {RESULTS})")
+    parser.add_argument("--zero-bit-seeds", type=int, default=3, help="random recipes per model for row (a)")
+    args = parser.parse_args(argv)
+    if args.zero_bit_seeds < 1:
+        parser.error("--zero-bit-seeds must be >= 1")
+    if args.leaderboard is not None and not (args.leaderboard / "leaderboard.csv").is_file():
+        parser.error(f"--leaderboard: no leaderboard.csv in {str(args.leaderboard)!r}")
+    try:
+        rows = build(ClaimsConfig(args.leaderboard, args.skynet, args.out, args.zero_bit_seeds))
+    except (ValueError, KeyError) as err:
+        print(f"benchmarks.claims: error: {err}", file=sys.stderr)
+        return 2
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(render(rows))
+    print(render(rows))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

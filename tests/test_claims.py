@@ -1,0 +1,66 @@
+"""``benchmarks/claims.py``: CLAIMS.md rows from a leaderboard's held-out rows, never from tuning seeds."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from benchmarks.claims import joint_vs_two_step, main, render, within_one_point
+from benchmarks.leaderboard.rows import LeaderboardRow
+
+ENTRY = "cifar10-mobilenet_v2/size-0.125"
+
+
+def _row(agent: str, seed: int, test: float, seed_set: str = "held-out", entry: str = ENTRY) -> LeaderboardRow:
+    return LeaderboardRow(
+        entry=entry, env_id="AJPQ-MobileNet-CIFAR10-v0", task="cifar10-mobilenet_v2", mode="joint", resource="size",
+        target=0.125, agent=agent, seed=seed, seed_set=seed_set, episode_budget=150, episodes=150, best_episode=3,
+        metric=test - 0.02, fp32_metric=0.80, size_ratio=0.124, macs_ratio=0.8, bitops_ratio=0.03, reward=0.0,
+        walltime=1.0, validated=True, validation="OK", finetune_epochs=2, finetune_samples=10_000,
+        test_metric=test, fp32_test_metric=0.80,
+    )
+
+
+def test_joint_vs_two_step_uses_held_out_seeds_only(tmp_path):
+    rows = [_row("td3-twolevel", s, t) for s, t in ((100, 0.79), (101, 0.80), (102, 0.81))]
+    rows += [_row("two-step", s, 0.78) for s in (100, 101, 102)]
+    rows += [_row("td3-twolevel", 0, 0.10, seed_set="tuning"), _row("two-step", 0, 0.99, seed_set="tuning")]
+    row = joint_vs_two_step(rows, tmp_path)
+    assert "td3-twolevel 0.8000 ± 0.0100" in row.measured and "two-step 0.7800 ± 0.0000" in row.measured
+    assert "+2.00 pt" in row.measured and row.seeds == "held-out 100, 101, 102"
+    # fewer than 3 held-out seeds: says so instead of a number
+    assert joint_vs_two_step(rows[:2] + rows[3:], tmp_path).measured.startswith("not measured")
+
+
+def test_within_one_point_verdict(tmp_path):
+    entry = "cifar10-mobilenet_v2/size-0.1"
+    close = [_row("td3-twolevel", s, 0.795, entry=entry) for s in (100, 101, 102)]
+    far = [_row("td3-twolevel", s, 0.78, entry=entry) for s in (100, 101, 102)]
+    assert "(-0.50 pt, within 1 pt)" in within_one_point(close, tmp_path, entry, "10x").measured
+    assert "NOT within 1 pt" in within_one_point(far, tmp_path, entry, "10x").measured
+
+
+def test_main_writes_the_file_and_refuses_a_missing_leaderboard(tmp_path, capsys):
+    skynet = tmp_path / "skynet.json"
+    skynet.write_text(json.dumps([{"claim": "c", "measured": "m", "command": "cmd", "notes": ["n1"]}]))
+    out = tmp_path / "CLAIMS.md"
+    assert main(["--out", str(out), "--skynet", str(skynet), "--zero-bit-seeds", "1"]) == 0
+    text = out.read_text()
+    assert "| pruning a channel is quantizing it to 0 bits |" in text and "| c | m | `cmd` |" in text
+    assert "- n1" in text and text.count("not measured") == 3  # (b) and two (c) rows without a leaderboard
+    zero_bit = next(line for line in text.splitlines() if line.startswith("| pruning"))
+    worst = [float(part.split()[-1]) for part in zero_bit.split(": ", 1)[1].split(" | ")[0].split(", ")]
+    assert len(worst) == 3 and max(worst) < 1e-4
+    with pytest.raises(SystemExit):
+        main(["--out", str(out), "--leaderboard", str(tmp_path / "nowhere")])
+    skynet.write_text("{}")
+    assert main(["--out", str(tmp_path / "other.md"), "--skynet", str(skynet)]) == 2
+    assert "expected a JSON list" in capsys.readouterr().err and not (tmp_path / "other.md").exists()
+
+
+def test_render_is_a_markdown_table():
+    from benchmarks.claims import ClaimRow
+
+    text = render([ClaimRow("a", "b", "c", "d")])
+    assert "| a | b | `c` | d |" in text and text.endswith("\n")
