@@ -8,11 +8,19 @@ import numpy as np
 import pytest
 import torch
 
-from ajpq_env.compression import CompressionGraph, CostModel, Deployable, Policy, compress, packed, recalibrate_batchnorm
+from ajpq_env.compression import (
+    CompressionGraph,
+    CostModel,
+    Deployable,
+    Policy,
+    compress,
+    packed,
+    recalibrate_batchnorm,
+)
 from ajpq_env.deploy import (
-    Finetuned,
     Architecture,
     FinetuneConfig,
+    Finetuned,
     compress_as_searched,
     evaluate_artefact,
     export_model,
