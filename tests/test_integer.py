@@ -45,6 +45,10 @@ def test_activation_fake_quant_equals_round_clamp_reference(a_bits):
     reference = _reference_fake_quant(x, float(x[8:].min()), float(x[8:].max()), a_bits)
     assert np.array_equal(out, reference)
     assert len(np.unique(out)) <= 2**a_bits
+    scale, zero_point = range_to_qparams(float(x[8:].min()), float(x[8:].max()), a_bits)
+    codes = quantize_activation(torch.from_numpy(x), scale, zero_point, a_bits).numpy()
+    expected = np.clip(np.round(x / np.float32(scale)) + zero_point, 0, 2**a_bits - 1)
+    assert np.array_equal(codes, expected) and codes.min() >= 0 and codes.max() <= 2**a_bits - 1
 
 
 def test_range_contains_zero_and_relu_range_has_zero_point_zero():
