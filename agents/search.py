@@ -293,8 +293,9 @@ def build_agent(config: SearchConfig, out: Path) -> SearchAgent:
         return make_agent(config.algo, **rl, **({"guide": config.guide_settings()} if guided else {}))
     if config.algo == "two-step":
         stage = ALIASES.get(config.stage_algo, config.stage_algo)
+        guided = stage in ALGORITHMS and ALGORITHMS[stage].guided  # --guide* options reach guided stage agents
         return make_agent("two-step", stage_algo=stage, prune_target=config.prune_target,
-                          **(rl if stage in ALGORITHMS else {}))
+                          **(rl if stage in ALGORITHMS else {}), **({"guide": config.guide_settings()} if guided else {}))
     assert config.algo in BASELINES
     return make_agent(config.algo)
 

@@ -19,24 +19,35 @@ from ajpq_env.tasks import synthetic_task
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory):
-    return AJPQEnv(synthetic_task(), target=0.15)
+    # MobileNetV1 (28 layers) rather than V2 (53): the sensitivity probes, one compression each, take half the time
+    return AJPQEnv(synthetic_task("mobilenet_v1", input_shape=(3, 16, 16), sizes=(64, 32, 32)), target=0.15)
 
 
-def test_sensitivity_is_measured_once_and_cached(env, tmp_path, monkeypatch):
-    # a cache of its own; the other tests share the session's (conftest), so the probes run once per session
-    monkeypatch.setenv("AJPQ_CACHE", str(tmp_path / "cache"))
+def test_sensitivity_is_measured_once_and_cached(env, monkeypatch):
+    # the session's cache (conftest): what this test measures, the other tests of the session read
+    from ajpq_env.envs import sensitivity
+    from ajpq_env.tasks.data import cache_dir
+
     first = layer_sensitivity(env.task, env.graph, env.evaluator.settings, samples=32)
     assert first.quant_drop.shape == (len(env.graph.layers), len(PROBE_BITS))
     prunable = [g.id for g in env.graph.groups if not g.locked]
     assert not np.isnan(first.prune_drop[prunable]).any()
     assert np.isnan(first.prune_drop[[g.id for g in env.graph.groups if g.locked]]).all()
-    files = list((tmp_path / "cache" / "sensitivity").glob("*.json"))
-    assert len(files) == 1 and json.loads(files[0].read_text())["samples"] == 32
-    again = layer_sensitivity(env.task, env.graph, env.evaluator.settings, samples=32)
+    files = [f for f in (cache_dir() / "sensitivity").glob(f"{env.task.name}-*.json")
+             if json.loads(f.read_text())["samples"] == 32]
+    assert len(files) == 1
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("measured again although cached")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sensitivity, "Compressor", refuse)
+        again = layer_sensitivity(env.task, env.graph, env.evaluator.settings, samples=32)
     assert np.array_equal(again.quant_drop, first.quant_drop) and again.reference == first.reference
-    files[0].write_text("{broken")  # a damaged cache entry is measured again
+    files[0].write_text("{broken")  # a damaged cache entry is measured again, and replaced
     assert np.array_equal(layer_sensitivity(env.task, env.graph, env.evaluator.settings, samples=32).quant_drop,
                           first.quant_drop)
+    assert json.loads(files[0].read_text())["samples"] == 32
     assert first.drop_at(0, 8) == 0.0 and first.drop_at(0, 6) == pytest.approx(max(first.quant_drop[0, -1], 0) / 16)
 
 

@@ -117,9 +117,16 @@ def test_dacsdc_ids_on_a_dacsdc_layout_copy(tmp_path, suffix):
 
 
 def test_dacsdc_id_without_data_says_where_to_put_it(monkeypatch):
+    weights = Path(os.environ.get("AJPQ_WEIGHTS", "/nonexistent")) / "skynet-dac-sdc.weights"
     monkeypatch.delenv("AJPQ_DETECTION", raising=False)
-    with pytest.raises(FileNotFoundError, match="AJPQ_DETECTION"):
+    monkeypatch.delenv("AJPQ_WEIGHTS", raising=False)
+    # the weights are resolved first: without them, the message says where they go
+    with pytest.raises(FileNotFoundError, match="skynet-dac-sdc.weights.*AJPQ_WEIGHTS"):
         gym.make("AJPQ-SkyNet-DACSDC-v0")
+    if not weights.is_file():
+        pytest.skip("the data message needs the published weights ($AJPQ_WEIGHTS/skynet-dac-sdc.weights)")
+    with pytest.raises(FileNotFoundError, match="AJPQ_DETECTION"):
+        gym.make("AJPQ-SkyNet-DACSDC-v0", weights=str(weights))
 
 
 # ------------------------------------------------------------------------------------------------ export
