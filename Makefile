@@ -24,8 +24,9 @@ $(STAMP): setup.cfg pyproject.toml
 demo: $(STAMP)
 	$(VENV)/bin/ajpq search --env AJPQ-MobileNet-v0 --algo td3-twolevel --episodes 150 --target 0.125 --seed 0 --out runs/demo $(if $(wildcard runs/demo/episodes.csv),--resume,)
 
+# two test processes (pytest-xdist), each test file whole in one of them so module fixtures are built once
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n 2 --dist loadfile
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check ajpq_env agents benchmarks tests
