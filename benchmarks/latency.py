@@ -369,8 +369,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 table = None
                 if config.resource == "latency":
                     table = config.latency_table or default_table_path(task.name, config.threads, 1)
-                env = AJPQEnv(_with_search(task, config.search_size), target=config.target, resource=config.resource,
-                              channel_round=rounding, b_max=config.b_max, fixed_bits=config.b_max, latency_table=table)
+                try:
+                    env = AJPQEnv(_with_search(task, config.search_size), target=config.target,
+                                  resource=config.resource, channel_round=rounding, b_max=config.b_max,
+                                  fixed_bits=config.b_max, latency_table=table)
+                except ValueError as err:  # an unreachable --target or a refused latency table
+                    raise SystemExit(f"benchmarks.latency: {err}") from None
                 policy, metric, ranked = heuristic_recipe(env, config.candidates)
                 label = (f"heuristic recipe at {config.resource} {config.target}, channel_round {rounding}, "
                          f"b_max {config.b_max} (best of {ranked} candidates, search metric {metric:.4f}"

@@ -81,3 +81,10 @@ def test_latency_benchmark_builds_a_latency_budgeted_recipe(tmp_path, capsys):
     table = LatencyTable.load(tmp_path / "table.json", graph)
     costs = CostModel(graph, latency=table)
     assert costs(Policy.from_dict(recipe)).latency_us <= 0.3 * table.fp32_us
+
+
+def test_latency_benchmark_unreachable_target_is_a_clear_error(tmp_path):
+    _table(tmp_path / "table.json")
+    with pytest.raises(SystemExit, match=r"benchmarks.latency: target 0.01 of FP32 latency is impossible"):
+        latency.main(["--task", "synthetic-mobilenet_v2", "--resource", "latency", "--target", "0.01",
+                      "--latency-table", str(tmp_path / "table.json")])
