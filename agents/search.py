@@ -99,6 +99,8 @@ class SearchConfig:
     guide_priors: str = _opt("sensitivity,heuristic,uniform", "comma-separated rules whose plans open a guided search "
                                                              "(sensitivity, heuristic, uniform; empty: none)")
     exploit_fraction: float = _opt(0.3, "guided search: fraction of the episodes, at the end, spent around the best")
+    bc_steps: int = _opt(GuideSettings.bc_steps, "guided search: behaviour-cloning steps of the actor on the best "
+                                                 "episode before learning (0: off)")
     stage_algo: str = _opt("ddpg", "two-step only: the agent of both stages")
     prune_target: float | None = _opt(None, "two-step only: the prune stage's budget ratio (default: geometric split)")
     hyperparams: list[str] = field(
@@ -114,7 +116,7 @@ class SearchConfig:
     #: options a resume must repeat (compared as resolved values: see :meth:`identity`)
     IDENTITY: typing.ClassVar[tuple[str, ...]] = (
         "env", "algo", "target", "resource", "seed", "warmup_episodes", "noise_sigma", "noise_decay", "gamma",
-        "credit", "schedule", "guide", "guide_priors", "exploit_fraction", "stage_algo", "prune_target", "hyperparams", "hyperparams_path", "env_kwargs",
+        "credit", "schedule", "guide", "guide_priors", "exploit_fraction", "bc_steps", "stage_algo", "prune_target", "hyperparams", "hyperparams_path", "env_kwargs",
     )
     #: the resolved options known only once the env is built (its default budget)
     ENV_RESOLVED: typing.ClassVar[tuple[str, ...]] = ("target", "resource")
@@ -136,6 +138,7 @@ class SearchConfig:
             _check_int("--threads", self.threads, 1, self.MAX_THREADS)
         _check_int("--seed", self.seed, 0, 2**32 - 1)
         _check_int("--verbose", self.verbose, 0, 2)
+        _check_int("--bc-steps", self.bc_steps, 0, 10**6)
         for name, value, low, high, low_open in (
             ("--target", self.target, 0.0, 1.0, True), ("--prune-target", self.prune_target, 0.0, 1.0, True),
             ("--noise-sigma", self.noise_sigma, 0.0, 10.0, False), ("--noise-decay", self.noise_decay, 0.0, 1.0, True),
@@ -171,6 +174,8 @@ class SearchConfig:
         identity["env_kwargs"] = json.loads(self.env_kwargs) if self.env_kwargs else {}
         identity["hyperparams"] = {k.strip(): repr(v) for k, v in self.hyperparam_overrides().items()}
         identity["hyperparams_path"] = str(Path(self.hyperparams_path).resolve()) if self.hyperparams_path else None
+        if self.bc_steps == GuideSettings.bc_steps:  # the default: runs made before the option existed resume
+            identity["bc_steps"] = None
         if self.algo != "two-step":
             identity["stage_algo"] = identity["prune_target"] = None
         if env is not None:
@@ -187,12 +192,12 @@ class SearchConfig:
         )
 
     def guide_settings(self) -> GuideSettings:
-        """The prior-guided search of ``--guide``, ``--guide-priors`` and ``--exploit-fraction``."""
+        """The prior-guided search of ``--guide``, ``--guide-priors``, ``--exploit-fraction`` and ``--bc-steps``."""
         if not self.guide:
             return GuideSettings.off()
         priors = tuple(p.strip() for p in self.guide_priors.split(",") if p.strip())
         try:
-            return GuideSettings(priors=priors, exploit_fraction=self.exploit_fraction)
+            return GuideSettings(priors=priors, exploit_fraction=self.exploit_fraction, bc_steps=self.bc_steps)
         except ValueError as err:
             raise ValueError(f"--guide-priors / --exploit-fraction: {err}") from None
 

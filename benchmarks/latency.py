@@ -50,7 +50,7 @@ from ajpq_env.deploy.export import compress_as_searched, export_model
 from ajpq_env.deploy.onnx_export import export_onnx
 from ajpq_env.deploy.resolve import Architecture, resolve_task
 from ajpq_env.deploy.timing import call_samples, export_fp32_onnx, interleaved_medians, op_profile, ort_session
-from ajpq_env.envs import AJPQEnv
+from ajpq_env.envs import AJPQEnv, random_episode
 from ajpq_env.tasks import Task
 
 __all__ = ["Config", "heuristic_recipe", "main", "parse_args"]
@@ -275,11 +275,7 @@ def print_comparison(result: dict[str, Any], label: str) -> None:
 
 # ---------------------------------------------------------------------- prediction error
 def _random_episode(env: AJPQEnv, seed: int) -> Policy:
-    rng = np.random.default_rng(seed)
-    env.reset(seed=seed)
-    terminated = False
-    while not terminated:
-        _, _, terminated, _, _ = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
+    random_episode(env, np.random.default_rng(seed), seed=seed)
     return env.recipe()
 
 

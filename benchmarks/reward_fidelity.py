@@ -55,6 +55,7 @@ import torch
 from ajpq_env import AJPQEnv
 from ajpq_env.compression import Policy
 from ajpq_env.deploy.resolve import resolve_task
+from ajpq_env.envs import random_episode
 from ajpq_env.tasks import Split, Task
 from ajpq_env.tasks.data import balanced_subset
 
@@ -277,18 +278,6 @@ class Recipe:
     info: dict[str, float] = field(default_factory=dict)
 
 
-def _episode(env: AJPQEnv, rng: np.random.Generator, low: Sequence[float], high: Sequence[float]) -> dict[str, Any]:
-    """One episode whose actions are drawn uniformly in ``[low, high]`` (element 0 and elements 1..K)."""
-    env.reset()
-    k = env.action_space.shape[0] - 1
-    info: dict[str, Any] = {}
-    terminated = False
-    while not terminated:
-        action = np.concatenate([rng.uniform(low[0], high[0], 1), rng.uniform(low[1], high[1], k)])
-        _, _, terminated, _, info = env.step(action.astype(np.float32))
-    return info
-
-
 def build_recipes(task: Task, config: Config) -> list[Recipe]:
     """The benchmark's recipes (see the module docstring), deduplicated, all meeting the budget."""
     from agents.baselines import ImportanceHeuristic, UniformPrecision
@@ -313,7 +302,7 @@ def build_recipes(task: Task, config: Config) -> list[Recipe]:
         return envs[(mode, bits)]
 
     def play(family: str, env: AJPQEnv, low: Sequence[float], high: Sequence[float]) -> None:
-        info = _episode(env, rng, low, high)
+        info = random_episode(env, rng, low=low, high=high)
         overhead = info["walltime"] - info["eval_seconds"]  # the steps of an episode, without its evaluation
         found.append((family, Policy.from_dict(info["recipe"]), {"episode_overhead_s": overhead}))
 

@@ -46,11 +46,9 @@ def deploy_env(deploy_task):
 def _run_episode(env, seed: int):
     import numpy as np
 
-    rng = np.random.default_rng(seed)
-    env.reset(seed=seed)
-    terminated = False
-    while not terminated:
-        _, _, terminated, _, _ = env.step(rng.uniform(-1.0, 1.0, env.action_space.shape).astype(np.float32))
+    from ajpq_env.envs import random_episode
+
+    random_episode(env, np.random.default_rng(seed), seed=seed)
     return env.recipe()
 
 

@@ -13,6 +13,7 @@ from stable_baselines3.common.env_checker import check_env as sb3_check_env
 import ajpq_env
 from ajpq_env import AJPQEnv
 from ajpq_env.compression import CostModel, Policy
+from ajpq_env.envs import random_episode
 from ajpq_env.envs.evaluator import EvalResult
 from ajpq_env.envs.registration import ENV_IDS, register_envs
 from ajpq_env.tasks import synthetic_task
@@ -35,11 +36,7 @@ def _rollout(env, actions):
 
 
 def _random_episode(env, rng):
-    env.reset(seed=int(rng.integers(1 << 30)))
-    terminated = False
-    while not terminated:
-        _, _, terminated, _, info = env.step(rng.uniform(-1, 1, env.action_space.shape).astype(np.float32))
-    return info
+    return random_episode(env, rng, seed=int(rng.integers(1 << 30)))
 
 
 # ------------------------------------------------------------------------------------------ registry
@@ -61,6 +58,27 @@ def test_register_is_idempotent():
     assert {k for k in gym.registry if k.startswith("AJPQ-")} == before == set(ENV_IDS)
     assert {"AJPQ-MobileNet-v0", "AJPQ-MobileNet-Prune-v0", "AJPQ-MobileNet-Quant-v0",
             "AJPQ-ResNet20-CIFAR10-v0", "AJPQ-MobileNet-CIFAR10-v0", "AJPQ-MobileNet-ImageNet-v0"} <= before
+
+
+def test_random_episode_draws_each_element_in_its_bounds():
+    class Recorder(gym.Wrapper):
+        actions: list = []
+
+        def step(self, action):
+            self.actions.append(action)
+            return super().step(action)
+
+    env = Recorder(AJPQEnv(synthetic_task(), target=0.3))
+    info = random_episode(env, np.random.default_rng(7), low=(0.5, -1.0), high=(0.6, -0.8), seed=1)
+    actions = np.stack(env.actions)
+    assert len(actions) == len(env.unwrapped.graph.layers) and info["budget_met"]
+    assert (actions[:, 0] >= 0.5).all() and (actions[:, 0] <= 0.6).all()
+    assert (actions[:, 1:] >= -1.0).all() and (actions[:, 1:] <= -0.8).all()
+    env.actions.clear()
+    random_episode(env, np.random.default_rng(7), seed=1)  # scalar bounds: the stream of rng.uniform(-1, 1, shape)
+    reference = np.random.default_rng(7)
+    expected = np.stack([reference.uniform(-1, 1, env.action_space.shape) for _ in env.actions]).astype(np.float32)
+    np.testing.assert_array_equal(np.stack(env.actions), expected)
 
 
 def test_default_env_offline_episode():

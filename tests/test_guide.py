@@ -119,6 +119,17 @@ def test_guide_settings_are_checked():
         make_agent("ppo", guide=GuideSettings())
 
 
+def test_search_cli_sets_each_part_of_the_guide():
+    from agents.search import parse_args
+
+    config = parse_args(["--bc-steps", "0", "--exploit-fraction", "0", "--guide-priors", "uniform"])
+    assert config.guide_settings() == GuideSettings(priors=("uniform",), bc_steps=0, exploit_fraction=0.0)
+    assert config.identity()["bc_steps"] == 0 and parse_args([]).identity()["bc_steps"] is None  # old runs resume
+    assert parse_args(["--no-guide", "--bc-steps", "0"]).guide_settings() == GuideSettings.off()
+    with pytest.raises(SystemExit):
+        parse_args(["--bc-steps", "-1"])
+
+
 def test_sensitivity_features_extend_the_layer_observation(env):
     from gymnasium.utils.env_checker import check_env
     from stable_baselines3.common.env_checker import check_env as sb3_check_env
