@@ -32,8 +32,11 @@ def test_packaged_metadata_is_recomputed(name):
     assert sum(p.numel() for p in task.model.parameters()) == meta["params"]
     graph = CompressionGraph(task.model, task.example_input())
     assert CostModel(graph).fp32.macs == meta["macs"]
-    assert task.evaluate(task.model, "test") == pytest.approx(meta["fp32_test"], abs=1e-9)
-    assert task.evaluate(task.model, "search") == pytest.approx(meta["fp32_search"], abs=1e-9)
+    # accuracies are ratios of counts and reproduce exactly; a mean IoU of float box outputs moves by ~1e-8 between
+    # CPUs whose convolution kernels differ (AVX2 vs AVX-512 measured 1.4e-8 on embedded-skynet's search split)
+    tolerance = 1e-9 if spec.metric == "top1" else 1e-6
+    assert task.evaluate(task.model, "test") == pytest.approx(meta["fp32_test"], abs=tolerance)
+    assert task.evaluate(task.model, "search") == pytest.approx(meta["fp32_search"], abs=tolerance)
 
 
 def test_embedded_default_is_shipped():
