@@ -50,7 +50,7 @@ from ajpq_env.deploy.export import compress_as_searched, export_model
 from ajpq_env.deploy.onnx_export import export_onnx
 from ajpq_env.deploy.resolve import Architecture, resolve_task
 from ajpq_env.deploy.timing import call_samples, export_fp32_onnx, interleaved_medians, op_profile, ort_session
-from ajpq_env.envs import AJPQEnv, random_episode
+from ajpq_env.envs import AJPQEnv, random_recipe
 from ajpq_env.tasks import Task
 
 __all__ = ["Config", "heuristic_recipe", "main", "parse_args"]
@@ -274,18 +274,11 @@ def print_comparison(result: dict[str, Any], label: str) -> None:
 
 
 # ---------------------------------------------------------------------- prediction error
-def _random_episode(env: AJPQEnv, seed: int) -> Policy:
-    random_episode(env, np.random.default_rng(seed), seed=seed)
-    return env.recipe()
-
-
-def predict(task: Task, graph: CompressionGraph, config: Config, folder: Path,
+def predict(task: Task, graph: CompressionGraph, table: LatencyTable, config: Config, folder: Path,
             extra: list[tuple[str, Policy]] = ()) -> dict[str, Any]:
     """Predicted (latency table) against measured latency of several recipes at the table's batch size: the
     unpruned 8-bit and 4-bit networks (they set the table's constant: in sample), unpruned random bit-widths,
     random episodes under size and latency budgets, and ``extra`` (e.g. the recipes compared above)."""
-    path = config.latency_table or default_table_path(task.name, config.threads, 1)
-    table = LatencyTable.load(path, graph)
     costs = CostModel(graph, 8, latency=table)
     rng = np.random.default_rng(0)
     recipes: list[tuple[str, Policy, bool]] = [
@@ -298,7 +291,7 @@ def predict(task: Task, graph: CompressionGraph, config: Config, folder: Path,
     quick = _with_search(task, 8)  # the episodes' own evaluation is not needed here: 8 samples keep it cheap
     for seed, target in enumerate((0.25, 0.125)):
         env = AJPQEnv(quick, target=target, resource="size", latency_table=table, cache_size=0)
-        recipes.append((f"random episode, size {target}", _random_episode(env, seed), False))
+        recipes.append((f"random episode, size {target}", random_recipe(env, seed), False))
     try:
         probe = AJPQEnv(quick, target=1.0, resource="latency", latency_table=table, cache_size=0)
         floor = probe.budget.minimum / probe.budget.fp32_total
@@ -309,7 +302,7 @@ def predict(task: Task, graph: CompressionGraph, config: Config, folder: Path,
     for seed, share in enumerate((0.75, 0.5, 0.25) if floor is not None else ()):
         target = min(1.0, floor + share * (max(unpruned, floor) - floor))
         env = AJPQEnv(quick, target=target, resource="latency", latency_table=table, cache_size=0)
-        recipes.append((f"random episode, latency {target:.3f}", _random_episode(env, 10 + seed), False))
+        recipes.append((f"random episode, latency {target:.3f}", random_recipe(env, 10 + seed), False))
     x = _batch(task, table.batch)
     rows = []
     for name, policy, in_sample in recipes:
@@ -346,6 +339,12 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     task = resolve_task(config.task, data_root=config.data, weights=config.weights)
     graph = CompressionGraph(task.model, task.example_input())
+    table = None
+    if config.resource == "latency" or config.predict:  # read before any measurement: a bad table loses nothing
+        try:
+            table = LatencyTable.load(config.latency_table or default_table_path(task.name, config.threads, 1), graph)
+        except (OSError, ValueError) as err:
+            raise SystemExit(f"benchmarks.latency: {err}") from None
     print(f"task {task.name} | onnxruntime {onnxruntime.__version__}, {config.threads} intra-op thread(s), median "
           f"of {config.repeats} interleaved rounds after {config.warmup} warm-up calls | {_load()}")
     started = time.perf_counter()
@@ -362,19 +361,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 if rounding != 1 or len(config.channel_round) > 1:
                     print("--channel-round applies to built recipes; a given recipe is measured as it is")
             else:
-                table = None
-                if config.resource == "latency":
-                    table = config.latency_table or default_table_path(task.name, config.threads, 1)
                 try:
                     env = AJPQEnv(_with_search(task, config.search_size), target=config.target,
                                   resource=config.resource, channel_round=rounding, b_max=config.b_max,
-                                  fixed_bits=config.b_max, latency_table=table)
-                except ValueError as err:  # an unreachable --target or a refused latency table
+                                  fixed_bits=config.b_max,
+                                  latency_table=table if config.resource == "latency" else None)
+                except ValueError as err:  # an unreachable --target
                     raise SystemExit(f"benchmarks.latency: {err}") from None
                 policy, metric, ranked = heuristic_recipe(env, config.candidates)
                 label = (f"heuristic recipe at {config.resource} {config.target}, channel_round {rounding}, "
                          f"b_max {config.b_max} (best of {ranked} candidates, search metric {metric:.4f}"
-                         + ("" if table is None else f", predicted latency {env.costs(policy).latency_us:.0f} us "
+                         + ("" if env.latency_table is None else f", predicted latency {env.costs(policy).latency_us:.0f} us "
                             f"= {env.costs(policy).latency_us / env.costs.fp32.latency_us:.3f} of FP32 at batch "
                             f"{env.latency_table.batch}") + ")")
             result = compare(task, policy, graph, fp32_path, folder / f"round{rounding}", config)
@@ -386,7 +383,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if config.predict:
             compared = [(f"compared recipe, channel_round {r}", Policy.from_dict(c["recipe"]))
                         for r, c in results["comparisons"].items()]
-            results["prediction"] = predict(task, graph, config, folder, compared)
+            results["prediction"] = predict(task, graph, table, config, folder, compared)
             print_prediction(results["prediction"])
         results["load_after"] = _load()
         results["seconds"] = time.perf_counter() - started

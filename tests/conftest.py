@@ -43,19 +43,12 @@ def deploy_env(deploy_task):
     return AJPQEnv(deploy_task)
 
 
-def _run_episode(env, seed: int):
-    import numpy as np
-
-    from ajpq_env.envs import random_episode
-
-    random_episode(env, np.random.default_rng(seed), seed=seed)
-    return env.recipe()
-
-
 @pytest.fixture(scope="session")
 def deploy_episode():
     """``run(env, seed) -> Policy``: one episode of seeded uniform random actions, returning its recipe."""
-    return _run_episode
+    from ajpq_env.envs import random_recipe
+
+    return random_recipe
 
 
 @pytest.fixture(scope="session")
@@ -63,7 +56,9 @@ def deploy_recipe(deploy_env):
     """A recipe as a search writes it (meta task/model...): mixed bit-widths 2..8 with pruned channels."""
     import numpy as np
 
-    policy = _run_episode(deploy_env, seed=3)
+    from ajpq_env.envs import random_recipe
+
+    policy = random_recipe(deploy_env, seed=3)
     bits = np.concatenate([policy[name] for name in policy])
     assert (bits == 0).any() and len(set(bits[bits > 0].tolist())) > 2, "fixture needs pruning and mixed bits"
     return policy

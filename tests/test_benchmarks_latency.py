@@ -88,3 +88,14 @@ def test_latency_benchmark_unreachable_target_is_a_clear_error(tmp_path):
     with pytest.raises(SystemExit, match=r"benchmarks.latency: target 0.01 of FP32 latency is impossible"):
         latency.main(["--task", "synthetic-mobilenet_v2", "--resource", "latency", "--target", "0.01",
                       "--latency-table", str(tmp_path / "table.json")])
+
+
+def test_latency_benchmark_refuses_a_garbled_table_before_measuring(tmp_path):
+    bad = tmp_path / "table.json"
+    _table(bad)
+    bad.write_text(bad.read_text()[:50])  # truncated
+    for extra in (["--predict"], ["--resource", "latency", "--target", "0.5"]):
+        with pytest.raises(SystemExit, match=r"benchmarks.latency: the latency table .* is not JSON"):
+            latency.main(["--task", "synthetic-mobilenet_v2", "--latency-table", str(bad),
+                          "--out", str(tmp_path / "out"), *extra])
+    assert not (tmp_path / "out").exists()  # refused before anything was exported or timed

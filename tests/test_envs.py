@@ -62,7 +62,9 @@ def test_register_is_idempotent():
 
 def test_random_episode_draws_each_element_in_its_bounds():
     class Recorder(gym.Wrapper):
-        actions: list = []
+        def __init__(self, env):
+            super().__init__(env)
+            self.actions = []
 
         def step(self, action):
             self.actions.append(action)

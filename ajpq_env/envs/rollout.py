@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gymnasium as gym
 import numpy as np
 
-__all__ = ["random_episode"]
+if TYPE_CHECKING:
+    from ajpq_env.compression import Policy
+
+__all__ = ["random_episode", "random_recipe"]
 
 
 def random_episode(
@@ -44,3 +47,9 @@ def random_episode(
         action = rng.uniform(bounds[0], bounds[1]).astype(np.float32)
         _, _, terminated, truncated, info = env.step(action)
     return info
+
+
+def random_recipe(env: gym.Env, seed: int) -> Policy:
+    """The recipe of one episode of uniform random actions in ``[-1, 1]``, ``seed`` seeding the actions and the reset."""
+    random_episode(env, np.random.default_rng(seed), seed=seed)
+    return env.unwrapped.recipe()
