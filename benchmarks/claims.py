@@ -12,10 +12,13 @@ Rows (each with the command that produced its numbers, the seeds, and mean ± sa
 (d) **SkyNet at fixed precision**: read from a results JSON written by the SkyNet claim run
     (``--skynet FILE``: a JSON list of rows with ``claim``, ``measured``, ``command``, ``seeds``).
 
-Rows (b) and (c) read a leaderboard CSV (``--leaderboard DIR`` holding ``leaderboard.csv``): the numbers are never
-re-typed, and a missing entry or fewer than 3 held-out seeds is written as "not measured" with the reason.
+Rows (b) and (c) read leaderboard CSVs (``--leaderboard DIR [DIR ...]``, each holding ``leaderboard.csv``; the
+same run in two of them is refused): the numbers are never re-typed, and a missing entry or fewer than 3 held-out
+seeds is written as "not measured" with the reason. Row (b) is written for the CIFAR-10 size-1/8 entry and for every
+other entry with 3 held-out runs of both agents. After the rows, the held-out leaderboard table of every entry
+found, each with the command that made it.
 
-    python -m benchmarks.claims --leaderboard runs/leaderboard     # SkyNet rows: benchmarks/results/skynet_claim.json
+    python -m benchmarks.claims --leaderboard runs/lb-cifar runs/lb-embedded   # SkyNet: benchmarks/results/skynet_claim.json
 """
 
 from __future__ import annotations
@@ -32,27 +35,30 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["ClaimRow", "ClaimsConfig", "joint_vs_two_step", "main", "render", "within_one_point", "zero_bit_rows"]
+__all__ = ["Board", "ClaimRow", "ClaimsConfig", "held_out_tables", "joint_vs_two_step", "joint_vs_two_step_rows", "main",
+           "render", "suite_of", "within_one_point", "zero_bit_rows"]
 
 RESULTS = Path(__file__).parent / "results" / "CLAIMS.md"
 #: the SkyNet claim run's rows (measured by the commands they name; a search + fine-tune takes about 40 min on 2 cores)
 SKYNET_ROWS = Path(__file__).parent / "results" / "skynet_claim.json"
 JOINT_AGENT, TWO_STEP = "td3-twolevel", "two-step"
-LEADERBOARD_CMD = ("python -m benchmarks.leaderboard --suite cifar10 --entries {entry} --agents {agents} "
+LEADERBOARD_CMD = ("python -m benchmarks.leaderboard --suite {suite} --entries {entry} --agents {agents} "
                    "--seeds held-out --workers 2 --threads 1 --out {out}")
+#: the entry of row (b) that is always written (as "not measured" when the leaderboard lacks it)
+MAIN_ENTRY = "cifar10-mobilenet_v2/size-0.125"
 
 
 @dataclass
 class ClaimsConfig:
     """Options of ``python -m benchmarks.claims``.
 
-    :param leaderboard: folder of the leaderboard run holding ``leaderboard.csv`` (``None``: rows (b), (c) say so)
+    :param leaderboard: folders of leaderboard runs, each holding ``leaderboard.csv`` (none: rows (b), (c) say so)
     :param skynet: JSON file of the SkyNet claim rows (``None``: row (d) says so)
     :param out: the Markdown file written
     :param zero_bit_seeds: random recipes per model for row (a)
     """
 
-    leaderboard: Path | None = None
+    leaderboard: Sequence[Path] = ()
     skynet: Path | None = SKYNET_ROWS
     out: Path = RESULTS
     zero_bit_seeds: int = 3
@@ -105,14 +111,61 @@ def zero_bit_rows(seeds: int = 3) -> ClaimRow:
 
 
 # ---------------------------------------------------------------------- (b), (c) from the leaderboard
+@dataclass
+class Board:
+    """Leaderboard rows read from one or more runs' folders, and the folder each (entry, agent, seed) came from."""
+
+    rows: list = field(default_factory=list)
+    source: dict = field(default_factory=dict)
+
+    @classmethod
+    def read(cls, folders: Sequence[Path]) -> Board:
+        """The rows of ``FOLDER/leaderboard.csv`` of every folder (the later row of a run a CSV holds twice).
+
+        :raises ValueError: one run (entry, agent, seed) in two folders: which one a claim should quote is unclear
+        """
+        from benchmarks.leaderboard.rows import read_rows
+        from benchmarks.leaderboard.table import latest_per_key
+
+        board = cls()
+        for folder in folders:
+            for row in latest_per_key(read_rows(Path(folder) / "leaderboard.csv")):
+                if row.key in board.source:
+                    raise ValueError(f"run {row.key} is in both {str(board.source[row.key])!r} and {str(folder)!r}; "
+                                     "pass each run's leaderboard once")
+                board.source[row.key] = Path(folder)
+                board.rows.append(row)
+        return board
+
+    def out(self, entry: str) -> Path:
+        """The folder of ``entry``'s runs (the first found; ``runs/leaderboard`` for an entry not run)."""
+        default = Path("runs/leaderboard")
+        return next((self.source.get(r.key, default) for r in self.rows if r.entry == entry), default)
+
+    def entries(self) -> list[str]:
+        """Entries with held-out runs, in the order of first appearance."""
+        return list(dict.fromkeys(r.entry for r in self.rows if r.seed_set == "held-out"))
+
+    def command(self, entry: str, agents: str) -> str:
+        return LEADERBOARD_CMD.format(suite=suite_of(entry), entry=entry, agents=agents, out=self.out(entry))
+
+
+def suite_of(entry: str) -> str:
+    """The smallest leaderboard suite holding ``entry`` (``default`` holds them all)."""
+    from benchmarks.leaderboard.suites import SUITES
+
+    holding = [s for s in SUITES.values() if any(e.name == entry for e in s.entries)]
+    return min(holding, key=lambda s: len(s.entries)).name if holding else "default"
+
+
 def _held_out(rows: list, entry: str, agent: str) -> list:
     return [r for r in rows if r.entry == entry and r.agent == agent and r.seed_set == "held-out" and r.found]
 
 
-def joint_vs_two_step(rows: list, out: Path, entry: str = "cifar10-mobilenet_v2/size-0.125") -> ClaimRow:
+def joint_vs_two_step(board: Board, entry: str = MAIN_ENTRY) -> ClaimRow:
     """Row (b): test after the equal fine-tune, joint agent vs two-step, held-out seeds."""
-    joint, two = _held_out(rows, entry, JOINT_AGENT), _held_out(rows, entry, TWO_STEP)
-    command = LEADERBOARD_CMD.format(entry=entry, agents=f"{JOINT_AGENT} {TWO_STEP}", out=out)
+    joint, two = _held_out(board.rows, entry, JOINT_AGENT), _held_out(board.rows, entry, TWO_STEP)
+    command = board.command(entry, f"{JOINT_AGENT} {TWO_STEP}")
     if len(joint) < 3 or len(two) < 3:
         return ClaimRow("joint (one search) beats prune-then-quantize at equal size", "not measured: fewer than 3 "
                         f"held-out runs of each agent in {entry} ({len(joint)}, {len(two)})", command)
@@ -120,19 +173,27 @@ def joint_vs_two_step(rows: list, out: Path, entry: str = "cifar10-mobilenet_v2/
     budget = f"{ft.finetune_epochs} epochs x {ft.finetune_samples or 'all'} samples"
     gap = statistics.fmean(r.test_metric for r in joint) - statistics.fmean(r.test_metric for r in two)
     return ClaimRow(
-        "joint (one search) beats prune-then-quantize at equal size",
+        f"joint (one search) beats prune-then-quantize at equal {ft.resource}",
         f"{entry}: test after the equal fine-tune ({budget}) {JOINT_AGENT} {_mean_std([r.test_metric for r in joint])}"
         f" vs {TWO_STEP} {_mean_std([r.test_metric for r in two])} ({gap * 100:+.2f} pt); search metric "
-        f"{_mean_std([r.metric for r in joint])} vs {_mean_std([r.metric for r in two])}; size ratios "
-        f"{statistics.fmean(r.size_ratio for r in joint):.4f} vs {statistics.fmean(r.size_ratio for r in two):.4f}",
+        f"{_mean_std([r.metric for r in joint])} vs {_mean_std([r.metric for r in two])}; {ft.resource} ratios "
+        f"{statistics.fmean(r.resource_ratio for r in joint):.4f} vs "
+        f"{statistics.fmean(r.resource_ratio for r in two):.4f}",
         command, "held-out " + ", ".join(str(r.seed) for r in joint),
     )
 
 
-def within_one_point(rows: list, out: Path, entry: str, label: str) -> ClaimRow:
+def joint_vs_two_step_rows(board: Board) -> list[ClaimRow]:
+    """Row (b) for :data:`MAIN_ENTRY` and for every other entry with 3 held-out runs of both agents."""
+    others = [e for e in board.entries() if e != MAIN_ENTRY
+              and min(len(_held_out(board.rows, e, a)) for a in (JOINT_AGENT, TWO_STEP)) >= 3]
+    return [joint_vs_two_step(board, entry) for entry in (MAIN_ENTRY, *others)]
+
+
+def within_one_point(board: Board, entry: str, label: str) -> ClaimRow:
     """Row (c): the fine-tuned joint recipe of ``entry`` against FP32 test accuracy, held-out seeds."""
-    joint = _held_out(rows, entry, JOINT_AGENT)
-    command = LEADERBOARD_CMD.format(entry=entry, agents=JOINT_AGENT, out=out)
+    joint = _held_out(board.rows, entry, JOINT_AGENT)
+    command = board.command(entry, JOINT_AGENT)
     claim = f"{label} smaller weights within 1 pt of FP32 after fine-tuning"
     if len(joint) < 3:
         return ClaimRow(claim, f"not measured: {len(joint)} held-out runs of {JOINT_AGENT} in {entry}", command)
@@ -151,7 +212,20 @@ def within_one_point(rows: list, out: Path, entry: str, label: str) -> ClaimRow:
 
 
 # ---------------------------------------------------------------------- the file
-def render(rows: list[ClaimRow]) -> str:
+def held_out_tables(board: Board) -> list[str]:
+    """The held-out leaderboard section of every entry of ``board``, each after the command that made it."""
+    from benchmarks.leaderboard.table import LEGEND, entry_sections
+
+    lines = []
+    for entry in board.entries():
+        rows = [r for r in board.rows if r.entry == entry and r.seed_set == "held-out"]
+        section = entry_sections(rows)
+        agents = " ".join(dict.fromkeys(r.agent for r in rows))
+        lines += ["#" + section[0], "", f"`{board.command(entry, agents)}`", *section[1:]]
+    return ["## Held-out leaderboard tables", "", *lines, LEGEND, ""] if lines else []
+
+
+def render(rows: list[ClaimRow], tables: Sequence[str] = ()) -> str:
     lines = [
         "# AJPQ's claims, measured",
         "",
@@ -167,7 +241,9 @@ def render(rows: list[ClaimRow]) -> str:
     notes = [note for row in rows for note in row.notes]
     if notes:
         lines += ["", *[f"- {note}" for note in notes]]
-    return "\n".join(lines) + "\n"
+    if tables:
+        lines += ["", *tables]
+    return "\n".join(lines).rstrip("\n") + "\n"
 
 
 def _skynet_rows(path: Path | None) -> list[ClaimRow]:
@@ -181,24 +257,21 @@ def _skynet_rows(path: Path | None) -> list[ClaimRow]:
                      [str(n) for n in d.get("notes", [])]) for d in data]
 
 
-def build(config: ClaimsConfig) -> list[ClaimRow]:
+def build(config: ClaimsConfig) -> tuple[list[ClaimRow], list[str]]:
+    """The claim rows and the held-out tables' lines."""
     rows = [zero_bit_rows(config.zero_bit_seeds)]
-    board = []
-    out = config.leaderboard or Path("runs/leaderboard")
-    if config.leaderboard is not None:
-        from benchmarks.leaderboard.rows import read_rows
-
-        board = read_rows(config.leaderboard / "leaderboard.csv")
-    rows.append(joint_vs_two_step(board, out))
-    rows.append(within_one_point(board, out, "cifar10-mobilenet_v2/size-0.2", "5x"))
-    rows.append(within_one_point(board, out, "cifar10-mobilenet_v2/size-0.1", "10x"))
+    board = Board.read(config.leaderboard)
+    rows += joint_vs_two_step_rows(board)
+    rows.append(within_one_point(board, "cifar10-mobilenet_v2/size-0.2", "5x"))
+    rows.append(within_one_point(board, "cifar10-mobilenet_v2/size-0.1", "10x"))
     rows.extend(_skynet_rows(config.skynet))
-    return rows
+    return rows, held_out_tables(board)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.claims", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--leaderboard", type=Path, default=None, help="leaderboard folder holding leaderboard.csv")
+    parser.add_argument("--leaderboard", type=Path, nargs="+", default=[], metavar="DIR",
+                        help="leaderboard folders, each holding leaderboard.csv")
     parser.add_argument("--skynet", type=Path, default=SKYNET_ROWS,
                         help=f"JSON rows of the SkyNet claim run (default {SKYNET_ROWS})")
     parser.add_argument("--out", type=Path, default=RESULTS, help=f"the Markdown file (default {RESULTS})")
@@ -206,16 +279,18 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.zero_bit_seeds < 1:
         parser.error("--zero-bit-seeds must be >= 1")
-    if args.leaderboard is not None and not (args.leaderboard / "leaderboard.csv").is_file():
-        parser.error(f"--leaderboard: no leaderboard.csv in {str(args.leaderboard)!r}")
+    for folder in args.leaderboard:
+        if not (folder / "leaderboard.csv").is_file():
+            parser.error(f"--leaderboard: no leaderboard.csv in {str(folder)!r}")
     try:
-        rows = build(ClaimsConfig(args.leaderboard, args.skynet, args.out, args.zero_bit_seeds))
+        rows, tables = build(ClaimsConfig(args.leaderboard, args.skynet, args.out, args.zero_bit_seeds))
     except (ValueError, KeyError) as err:
         print(f"benchmarks.claims: error: {err}", file=sys.stderr)
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(render(rows))
-    print(render(rows))
+    text = render(rows, tables)
+    args.out.write_text(text)
+    print(text)
     print(f"wrote {args.out}")
     return 0
 

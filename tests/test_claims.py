@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
 
-from benchmarks.claims import joint_vs_two_step, main, render, within_one_point
-from benchmarks.leaderboard.rows import LeaderboardRow
+from benchmarks.claims import (
+    Board,
+    held_out_tables,
+    joint_vs_two_step,
+    joint_vs_two_step_rows,
+    main,
+    render,
+    suite_of,
+    within_one_point,
+)
+from benchmarks.leaderboard.rows import COLUMNS, LeaderboardRow
 
 ENTRY = "cifar10-mobilenet_v2/size-0.125"
 
@@ -26,19 +36,20 @@ def test_joint_vs_two_step_uses_held_out_seeds_only(tmp_path):
     rows = [_row("td3-twolevel", s, t) for s, t in ((100, 0.79), (101, 0.80), (102, 0.81))]
     rows += [_row("two-step", s, 0.78) for s in (100, 101, 102)]
     rows += [_row("td3-twolevel", 0, 0.10, seed_set="tuning"), _row("two-step", 0, 0.99, seed_set="tuning")]
-    row = joint_vs_two_step(rows, tmp_path)
+    row = joint_vs_two_step(Board(rows))
     assert "td3-twolevel 0.8000 ± 0.0100" in row.measured and "two-step 0.7800 ± 0.0000" in row.measured
     assert "+2.00 pt" in row.measured and row.seeds == "held-out 100, 101, 102"
+    assert "--suite cifar10 " in row.command and row.claim.endswith("at equal size")
     # fewer than 3 held-out seeds: says so instead of a number
-    assert joint_vs_two_step(rows[:2] + rows[3:], tmp_path).measured.startswith("not measured")
+    assert joint_vs_two_step(Board(rows[:2] + rows[3:])).measured.startswith("not measured")
 
 
 def test_within_one_point_verdict(tmp_path):
     entry = "cifar10-mobilenet_v2/size-0.1"
     close = [_row("td3-twolevel", s, 0.795, entry=entry) for s in (100, 101, 102)]
     far = [_row("td3-twolevel", s, 0.78, entry=entry) for s in (100, 101, 102)]
-    assert "(-0.50 pt, within 1 pt)" in within_one_point(close, tmp_path, entry, "10x").measured
-    assert "NOT within 1 pt" in within_one_point(far, tmp_path, entry, "10x").measured
+    assert "(-0.50 pt, within 1 pt)" in within_one_point(Board(close), entry, "10x").measured
+    assert "NOT within 1 pt" in within_one_point(Board(far), entry, "10x").measured
 
 
 def test_main_writes_the_file_and_refuses_a_missing_leaderboard(tmp_path, capsys):
@@ -64,3 +75,46 @@ def test_render_is_a_markdown_table():
 
     text = render([ClaimRow("a", "b", "c", "d")])
     assert "| a | b | `c` | d |" in text and text.endswith("\n")
+
+
+def _write_board(folder, rows) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / "leaderboard.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(row.to_row() for row in rows)
+
+
+def test_boards_of_several_folders_merge_and_a_run_in_two_is_refused(tmp_path):
+    bitops = "mnist5k-mobilenet_v2/bitops-0.03"
+    cifar = [_row(a, s, 0.80) for a in ("td3-twolevel", "two-step") for s in (100, 101, 102)]
+    embedded = [_row(a, s, t, entry=bitops) for a, t in (("td3-twolevel", 0.97), ("two-step", 0.95))
+                for s in (100, 101, 102)]
+    embedded += [_row("td3-twolevel", 0, 0.5, seed_set="tuning", entry=bitops)]
+    _write_board(tmp_path / "a", cifar)
+    _write_board(tmp_path / "b", embedded)
+    board = Board.read([tmp_path / "a", tmp_path / "b"])
+    assert len(board.rows) == 13 and board.entries() == [ENTRY, bitops]
+    assert suite_of(bitops) == "embedded" and suite_of(ENTRY) == "cifar10"
+    rows = joint_vs_two_step_rows(board)
+    assert [r.measured.split(":")[0] for r in rows] == [ENTRY, bitops]
+    assert f"--suite embedded --entries {bitops} " in rows[1].command and str(tmp_path / "b") in rows[1].command
+    assert "+2.00 pt" in rows[1].measured
+    tables = "\n".join(held_out_tables(board))
+    assert tables.startswith("## Held-out leaderboard tables")
+    assert f"### {bitops}: held-out seeds 100, 101, 102" in tables and "tuning seeds" not in tables
+    assert f"--out {tmp_path / 'b'}`" in tables and "Only held-out sections" in tables
+    with pytest.raises(ValueError, match="is in both"):
+        Board.read([tmp_path / "a", tmp_path / "b", tmp_path / "a"])
+
+
+def test_main_reads_several_leaderboards_into_the_file(tmp_path):
+    _write_board(tmp_path / "a", [_row(a, s, 0.80) for a in ("td3-twolevel", "two-step") for s in (100, 101, 102)])
+    _write_board(tmp_path / "b", [_row("td3-twolevel", s, 0.795, entry="cifar10-mobilenet_v2/size-0.1")
+                                  for s in (100, 101, 102)])
+    out = tmp_path / "CLAIMS.md"
+    assert main(["--out", str(out), "--zero-bit-seeds", "1", "--skynet", str(tmp_path / "none.json"),
+                 "--leaderboard", str(tmp_path / "a"), str(tmp_path / "b")]) == 0
+    text = out.read_text()
+    assert "+0.00 pt" in text and "(-0.50 pt, within 1 pt)" in text  # (b) from a, 10x row from b
+    assert "### cifar10-mobilenet_v2/size-0.1: held-out seeds" in text and text.count("not measured") == 2

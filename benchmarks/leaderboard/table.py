@@ -23,7 +23,8 @@ from pathlib import Path
 from benchmarks.leaderboard.rows import LeaderboardRow
 from benchmarks.leaderboard.suites import SEED_SETS
 
-__all__ = ["TABLE_NAME", "AgentStats", "default_walltime_cutoff", "latest_per_key", "markdown_table", "write_table"]
+__all__ = ["LEGEND", "TABLE_NAME", "AgentStats", "default_walltime_cutoff", "entry_sections", "latest_per_key",
+           "markdown_table", "write_table"]
 
 TABLE_NAME = "leaderboard.md"
 _SEED_SET_NOTES = {
@@ -145,6 +146,33 @@ def _section(entry: str, seed_set: str, agents: dict[str, list[LeaderboardRow]],
     return [*lines, ""]
 
 
+#: what the columns of a section mean (the table's closing paragraph)
+LEGEND = (
+    "Search metric: search-split metric of each run's best recipe within the budget after the episode budget "
+    "(rank: at equal episodes), mean over seeds ± sample std; test after fine-tune: test-split metric of that "
+    "recipe after the entry's equal fine-tune (Δ FP32 test: against the FP32 model on test); at equal time: "
+    "the best search metric each run had reached after the stated seconds of search; ratios against FP32 "
+    "(mean); episodes run of the budget (baselines may stop early); search s / fine-tune s: seconds per run; "
+    "validated: runs whose best recipe replayed to the same numbers in a fresh env. Only held-out sections "
+    "with 3 or more seeds are for claims."
+)
+
+
+def entry_sections(rows: Sequence[LeaderboardRow], *, walltime_cutoff: float | None = None,
+                   seed_sets: Sequence[str] | None = None) -> list[str]:
+    """The Markdown lines of one section per entry (in order of first appearance) and seed set (held-out, tuning,
+    other) of ``rows``, each headed ``## <entry>: <seed set> seeds ...``; see :func:`markdown_table`."""
+    grouped: dict[str, dict[str, dict[str, list[LeaderboardRow]]]] = {}
+    for row in rows:
+        if seed_sets is None or row.seed_set in seed_sets:
+            grouped.setdefault(row.entry, {}).setdefault(row.seed_set, {}).setdefault(row.agent, []).append(row)
+    lines: list[str] = []
+    for entry, sets in grouped.items():
+        for seed_set in sorted(sets, key=lambda s: SEED_SETS.index(s) if s in SEED_SETS else len(SEED_SETS)):
+            lines += _section(entry, seed_set, sets[seed_set], walltime_cutoff)
+    return lines
+
+
 def markdown_table(rows: Sequence[LeaderboardRow], *, walltime_cutoff: float | None = None,
                    seed_sets: Sequence[str] | None = None) -> str:
     """The table of ``rows``: one section per entry (in order of first appearance) and seed set (held-out, tuning,
@@ -153,25 +181,11 @@ def markdown_table(rows: Sequence[LeaderboardRow], *, walltime_cutoff: float | N
 
     :param seed_sets: only these seed sets (e.g. ``("held-out",)`` for a README or claims table); default all
     """
-    grouped: dict[str, dict[str, dict[str, list[LeaderboardRow]]]] = {}
     rows = [r for r in rows if seed_sets is None or r.seed_set in seed_sets]
-    for row in rows:
-        grouped.setdefault(row.entry, {}).setdefault(row.seed_set, {}).setdefault(row.agent, []).append(row)
     lines = ["# AJPQ leaderboard", ""]
     if not rows:
         return "\n".join([*lines, "No runs yet.", ""])
-    for entry, sets in grouped.items():
-        for seed_set in sorted(sets, key=lambda s: SEED_SETS.index(s) if s in SEED_SETS else len(SEED_SETS)):
-            lines += _section(entry, seed_set, sets[seed_set], walltime_cutoff)
-    lines += [
-        "Search metric: search-split metric of each run's best recipe within the budget after the episode budget "
-        "(rank: at equal episodes), mean over seeds ± sample std; test after fine-tune: test-split metric of that "
-        "recipe after the entry's equal fine-tune (Δ FP32 test: against the FP32 model on test); at equal time: "
-        "the best search metric each run had reached after the stated seconds of search; ratios against FP32 "
-        "(mean); episodes run of the budget (baselines may stop early); search s / fine-tune s: seconds per run; "
-        "validated: runs whose best recipe replayed to the same numbers in a fresh env. Only held-out sections "
-        "with 3 or more seeds are for claims.", "",
-    ]
+    lines += [*entry_sections(rows, walltime_cutoff=walltime_cutoff), LEGEND, ""]
     failures = [f"- {r.entry} {r.agent} seed {r.seed} ({r.run}): {r.validation}" for r in rows if not r.validated]
     if failures:
         lines += ["Not validated:", "", *failures, ""]
