@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 from pathlib import Path
 
@@ -184,6 +185,21 @@ def test_cifar10_image_folder_round_trip_and_cache(tmp_path: Path, monkeypatch: 
     monkeypatch.setattr(data, "_decode_rgb", no_decoding)
     cached_images, cached_labels = load_cifar10(str(tmp_path), "train")
     assert np.array_equal(cached_images, x) and np.array_equal(cached_labels, y)
+
+
+def test_cifar10_image_folder_cache_is_replaced_when_files_change(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AJPQ_CACHE", str(tmp_path / "cache"))
+    x, y = tiny_cifar(n_per_class=2)
+    write_image_folder(tmp_path, "train", x, y)
+    load_cifar10(tmp_path, "train")
+    first = next(tmp_path.glob("train/*/*.png"))
+    changed = np.zeros((32, 32, 3), dtype=np.uint8)
+    Image.fromarray(changed).save(first)
+    os.utime(first, ns=(first.stat().st_atime_ns, first.stat().st_mtime_ns + 10**9))  # a newer file, as a new copy
+    images, _ = load_cifar10(tmp_path, "train")
+    assert any(np.array_equal(image, changed) for image in images)  # decoded again, not read from the old entry
+    assert len(list(cache_dir().glob("cifar10-train-*.npz"))) == 1  # the entry was replaced, not doubled
 
 
 def test_cifar10_image_folder_jpeg_and_env_var(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

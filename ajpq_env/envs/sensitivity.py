@@ -20,6 +20,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ajpq_env.compression import CompressionGraph, Policy
 from ajpq_env.compression.pipeline import Compressor, DeploySettings, calibration_indices
@@ -129,13 +130,20 @@ def layer_sensitivity(
         return float(metric.loss(probe.deploy(policy)(x), y))
 
     base = {layer.name: np.full(layer.out_channels, 8) for layer in graph.layers}
+    # the first search of a task waits for these probes (minutes on a large network): say so on a terminal
+    # (disable=None: silent when stderr is not one, as in logs and workers)
+    bar = tqdm(total=1 + len(graph.layers) * len(PROBE_BITS) + len(graph.groups), unit="probe", leave=False,
+               desc=f"sensitivity of {task.name} (once; cached)", disable=None)
     reference = measure(Policy(base))
+    bar.update()
     quant = np.zeros((len(graph.layers), len(PROBE_BITS)))
     for layer in graph.layers:
         for j, bits in enumerate(PROBE_BITS):
             quant[layer.index, j] = measure(Policy({**base, layer.name: np.full(layer.out_channels, bits)})) - reference
+            bar.update()
     prune = np.full(len(graph.groups), np.nan)
     for group in graph.groups:
+        bar.update()
         if group.locked:
             continue
         pruned = graph.group_rank[group.id][group.channels - int(group.channels * PROBE_SPARSITY):]
@@ -147,6 +155,7 @@ def layer_sensitivity(
             row[pruned] = 0
             bits[member] = row
         prune[group.id] = measure(Policy(bits)) - reference
+    bar.close()
     result = Sensitivity(reference, PROBE_BITS, quant, prune, samples)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)

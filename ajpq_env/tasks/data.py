@@ -403,10 +403,14 @@ def _load_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     if not paths:
         raise FileNotFoundError(f"no .jpg/.jpeg/.png images under {folder}/<class>/. {_HOW_TO_PROVIDE}")
 
-    key = f"{folder.resolve()}|{len(paths)}|{latest_mtime}"
-    cache_name = f"cifar10-{folder.name}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.npz"
+    # one cache file per folder (named by its path), holding the signature of the files it was decoded from: a
+    # folder whose files change (or are copied anew, as a re-mounted data set is) replaces its entry instead of
+    # adding a second 150 MB one
+    cache_name = f"cifar10-{folder.name}-{hashlib.sha256(str(folder.resolve()).encode()).hexdigest()[:16]}.npz"
+    signature = np.array(f"{len(paths)}|{latest_mtime}")
     cached = _read_cache(cache_name)
-    if cached is not None and cached.get("x", np.empty(0)).shape == (len(paths), 32, 32, 3):
+    if (cached is not None and cached.get("x", np.empty(0)).shape == (len(paths), 32, 32, 3)
+            and cached.get("signature", np.array("")).item() == signature.item()):
         return cached["x"], cached["y"]
 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
@@ -415,7 +419,7 @@ def _load_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     if wrong is not None:
         raise ValueError(f"{wrong} is {decoded[paths.index(wrong)].shape[:2]} pixels; CIFAR-10 images are 32x32")
     images, label_array = _check_cifar_arrays(np.stack(decoded), np.array(labels, dtype=np.int64), folder)
-    _write_cache(cache_name, x=images, y=label_array)
+    _write_cache(cache_name, x=images, y=label_array, signature=signature)
     return images, label_array
 
 
