@@ -76,6 +76,10 @@ def test_evaluate_refuses_another_task_and_missing_files(run, tmp_path, capsys):
     assert cli.main(["evaluate", str(run / "export" / "model.ajpq"), "--task", "mnist5k-mobilenet_v2"]) == 2
     err = capsys.readouterr().err
     assert "mnist5k-mobilenet_v2" in err and "synthetic-mobilenet_v2" in err
+    artefact = (run / "export" / "model.ajpq").read_bytes()
+    assert cli.main(["evaluate", str(run / "export" / "model.ajpq"), "--json", str(run / "export" / "model.ajpq")]) == 2
+    assert "does not end in .json" in capsys.readouterr().err
+    assert (run / "export" / "model.ajpq").read_bytes() == artefact  # the artefact was not overwritten
     assert cli.main(["evaluate", str(tmp_path / "nothing.ajpq")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["finetune", "--recipe", str(tmp_path / "nothing.json")]) == 2

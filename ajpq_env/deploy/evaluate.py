@@ -211,6 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         out = args.json or args.artefact.parent / "evaluate.json"
         if out.is_dir():
             raise ValueError(f"--json {str(out)!r} is a folder; expected a file name")
+        if out.suffix.lower() != ".json":  # a typo must not overwrite the artefact, its ONNX file or a run's CSV
+            raise ValueError(f"--json {str(out)!r} does not end in .json; expected a .json file name for the results")
         header, _ = packed.read_header(args.artefact)
         if not isinstance(header.get("recipe"), dict):
             raise ValueError(f"artefact {str(args.artefact)!r} holds no recipe in its header")
