@@ -410,7 +410,7 @@ def _load_image_folder(folder: Path) -> tuple[np.ndarray, np.ndarray]:
     signature = np.array(f"{len(paths)}|{latest_mtime}")
     cached = _read_cache(cache_name)
     if (cached is not None and cached.get("x", np.empty(0)).shape == (len(paths), 32, 32, 3)
-            and cached.get("signature", np.array("")).item() == signature.item()):
+            and np.array_equal(cached.get("signature", np.array("")), signature)):  # any shape or type: no raise
         return cached["x"], cached["y"]
 
     with ThreadPoolExecutor(max_workers=min(8, (os.cpu_count() or 1) + 2)) as pool:
