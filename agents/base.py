@@ -26,6 +26,7 @@ from typing import Any
 
 import gymnasium as gym
 
+from ajpq_env.parsing import loads_json
 from ajpq_env.records import EpisodeRecord
 
 __all__ = ["MemoryHooks", "SearchAgent", "SearchHooks", "SearchResult", "better", "meets_budget"]
@@ -169,7 +170,7 @@ class SearchAgent(ABC):
         """Restore what :meth:`save` wrote, after :meth:`setup` on an equal env; ``ValueError`` when it does not fit."""
         path = Path(directory) / _STATE_FILE
         try:
-            state = json.loads(path.read_text())
+            state = loads_json(path.read_text())
             if not isinstance(state, dict):
                 raise TypeError(f"expected a JSON object, got {type(state).__name__}")
             self.set_state(state)

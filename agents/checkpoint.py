@@ -46,6 +46,7 @@ import torch
 
 from agents.base import SearchAgent
 from ajpq_env.compression import Policy
+from ajpq_env.parsing import csv_fields, loads_json
 from ajpq_env.records import EpisodeRecord
 
 __all__ = [
@@ -95,7 +96,7 @@ def read_json(path: Path, what: str) -> Any:
             raise CheckpointError(f"{what} {str(path)!r} is missing or not a regular file")
         if path.stat().st_size > MAX_JSON_BYTES:
             raise CheckpointError(f"{what} {str(path)!r} is larger than {MAX_JSON_BYTES} bytes")
-        return json.loads(path.read_bytes())
+        return loads_json(path.read_bytes())
     except CheckpointError:
         raise
     except (OSError, ValueError) as err:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
@@ -281,11 +282,11 @@ def read_csv_rows(path: Path) -> CsvRows:
     lines = [line.removesuffix("\r") for line in lines[:-1]]
     if not lines:
         return CsvRows([], [], partial)
-    return CsvRows(next(csv.reader([lines[0]])), lines[1:], partial)
+    return CsvRows(csv_fields(lines[0]), lines[1:], partial)
 
 
 def parse_row(line: str, header: list[str]) -> dict[str, str]:
-    values = next(csv.reader([line]), [])
+    values = csv_fields(line)
     if len(values) != len(header):
         raise ValueError(f"{len(values)} fields, expected {len(header)}")
     return dict(zip(header, values, strict=True))
@@ -311,7 +312,7 @@ def check_csv_prefix(path: Path, episodes: int) -> list[dict[str, str]]:
     """
     try:
         content = read_csv_rows(path)
-    except (OSError, UnicodeDecodeError) as err:
+    except (OSError, ValueError) as err:  # UnicodeDecodeError is a ValueError, as is a header that is not CSV
         raise CheckpointError(f"cannot read {str(path)!r}: {err}") from None
     expected = [f.name for f in fields(EpisodeRecord)]
     if episodes == 0 and not content.header:

@@ -31,6 +31,7 @@ from agents.guide import GuideSettings, SearchGuide, make_guide
 from agents.registry import AlgoSpec, get_algorithm, make_model
 from agents.sb3_state import load_model_state, save_model_state
 from agents.schedule import DecayingTruncatedNormalNoise, SearchSchedule
+from ajpq_env.parsing import loads_json
 
 __all__ = ["RecordEpisodes", "SB3Agent", "SafePointCallback"]
 
@@ -203,6 +204,6 @@ class SB3Agent(SearchAgent):
             raise ValueError(f"cannot load the {self.name} model state from {str(directory)!r}: {err}") from None
         if self.guide is not None:
             try:
-                self.guide.set_state(json.loads((directory / _GUIDE_FILE).read_text()))
+                self.guide.set_state(loads_json((directory / _GUIDE_FILE).read_text()))
             except (OSError, KeyError, TypeError, ValueError) as err:
                 raise ValueError(f"cannot load the search guide's state from {str(directory)!r}: {err!r}") from None

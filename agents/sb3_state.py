@@ -32,6 +32,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import get_device
 
 from agents.schedule import DecayingTruncatedNormalNoise
+from ajpq_env.parsing import loads_json
 
 __all__ = ["PARAMETERS_FILE", "REPLAY_BUFFER_FILE", "STATE_FILE", "load_model_state", "save_model_state"]
 
@@ -90,7 +91,7 @@ def load_model_state(model: BaseAlgorithm, directory: Path, device: str = "cpu")
     :raises ValueError: anything missing, malformed or not fitting the model (the model may then be half
         restored: discard it)
     """
-    state = json.loads((directory / STATE_FILE).read_text())
+    state = loads_json((directory / STATE_FILE).read_text())
     if not isinstance(state, dict):
         raise ValueError(f"{STATE_FILE}: expected a JSON object")
     for key in _COUNTERS:

@@ -65,6 +65,7 @@ from agents.guide import GuideSettings
 from agents.registry import ALGORITHMS, ALIASES, DEFAULT_ALGO, agent_names, make_agent, parse_hyperparam
 from agents.schedule import SearchSchedule
 from ajpq_env.compression import Policy
+from ajpq_env.parsing import loads_json
 from ajpq_env.records import EpisodeRecord, RecordWriter
 
 __all__ = ["SearchConfig", "SearchOutcome", "check_options", "main", "make_env", "parse_args", "run_search"]
@@ -171,7 +172,7 @@ class SearchConfig:
         identity = {key: getattr(self, key) for key in self.IDENTITY}
         identity["warmup_episodes"] = self.resolved_warmup()
         identity["noise_sigma"] = self.noise_sigma if self.schedule and self.noise_sigma else None
-        identity["env_kwargs"] = json.loads(self.env_kwargs) if self.env_kwargs else {}
+        identity["env_kwargs"] = loads_json(self.env_kwargs) if self.env_kwargs else {}
         identity["hyperparams"] = {k.strip(): repr(v) for k, v in self.hyperparam_overrides().items()}
         identity["hyperparams_path"] = str(Path(self.hyperparams_path).resolve()) if self.hyperparams_path else None
         if self.bc_steps == GuideSettings.bc_steps:  # the default: runs made before the option existed resume
@@ -518,7 +519,7 @@ def run_search(
     else:  # drop the rows written after the checkpoint (all of them when there is none) and restore its best
         truncate_rows(out / "episodes.csv", manifest.episodes if manifest else 0)
         if manifest is not None and manifest.best:
-            _atomic_write(out / "best_recipe.json", Policy.from_dict(json.loads(manifest.best["recipe"])).to_json(indent=1))
+            _atomic_write(out / "best_recipe.json", Policy.from_dict(loads_json(manifest.best["recipe"])).to_json(indent=1))
         else:
             (out / "best_recipe.json").unlink(missing_ok=True)
 

@@ -17,6 +17,8 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from ajpq_env.parsing import csv_fields, loads_json
+
 __all__ = ["EpisodeRecord", "RecordWriter", "ValidationResult", "read_records"]
 
 
@@ -87,7 +89,7 @@ class EpisodeRecord:
 
 def _parse_field(name: str, kind: Any, raw: str) -> Any:
     if name in ("recipe", "env_kwargs"):
-        value = json.loads(raw) if raw else {}
+        value = loads_json(raw) if raw else {}
         if not isinstance(value, dict):
             raise ValueError(f"expected a JSON object, got {raw[:40]!r}")
         return value
@@ -178,8 +180,8 @@ def read_records(path: str | Path) -> Iterator[EpisodeRecord]:
                                  "stopped while writing it); `ajpq search --resume` drops it")
             return
         try:
-            values = next(csv.reader([line]), [])
-        except csv.Error as err:
+            values = csv_fields(line)
+        except ValueError as err:
             raise ValueError(f"{str(path)!r} line {number}: {err}") from None
         if number == 1:
             if values != expected:

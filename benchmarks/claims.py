@@ -24,7 +24,6 @@ found, each with the command that made it.
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import statistics
 import sys
@@ -34,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
+from ajpq_env.parsing import loads_json
 
 __all__ = ["Board", "ClaimRow", "ClaimsConfig", "held_out_tables", "joint_vs_two_step", "joint_vs_two_step_rows", "main",
            "render", "suite_of", "within_one_point", "zero_bit_rows"]
@@ -250,7 +251,7 @@ def _skynet_rows(path: Path | None) -> list[ClaimRow]:
     claim = ">5x smaller, 2x less compute at fixed precision, IoU not lower (SkyNet, DAC-SDC)"
     if path is None or not path.is_file():
         return [ClaimRow(claim, "not measured here: no SkyNet results file given (--skynet)", "")]
-    data = json.loads(path.read_text())
+    data = loads_json(path.read_text())
     if not isinstance(data, list):
         raise ValueError(f"{path}: expected a JSON list of claim rows")
     return [ClaimRow(str(d["claim"]), str(d["measured"]), str(d["command"]), str(d.get("seeds", "")),

@@ -47,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from ajpq_env.compression.graph import CompressionGraph, LayerInfo
+from ajpq_env.parsing import loads_json
 
 __all__ = [
     "KERNEL_CLASSES",
@@ -393,7 +394,7 @@ class LatencyTable:
         if path.stat().st_size > MAX_TABLE_BYTES:
             raise LatencyTableError(f"{str(path)!r} is larger than {MAX_TABLE_BYTES} bytes; not a latency table")
         try:
-            data = json.loads(path.read_text(encoding="utf-8"))
+            data = loads_json(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as err:
             raise LatencyTableError(f"the latency table {str(path)!r} is not JSON ({err}); rebuild it with "
                                     "`ajpq profile --task NAME`") from None

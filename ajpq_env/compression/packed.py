@@ -54,6 +54,7 @@ from ajpq_env.compression.integer import (
 )
 from ajpq_env.compression.policy import Policy
 from ajpq_env.compression.simulate import physically_prune, pruned_indices
+from ajpq_env.parsing import loads_json
 
 __all__ = [
     "FORMAT_VERSION",
@@ -217,7 +218,7 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
             raise ValueError(f"{str(path)!r}: header length {length} exceeds the file or the limit "
                              f"{MAX_HEADER_BYTES}: the file is truncated or corrupt")
         try:
-            header = json.loads(f.read(length))
+            header = loads_json(f.read(length))
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{str(path)!r}: corrupt header ({err})") from None
     check_header(header, source=repr(str(path)))

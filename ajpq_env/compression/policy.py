@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from ajpq_env.compression.graph import CompressionGraph
+from ajpq_env.parsing import loads_json
 
 __all__ = ["B_MAX", "B_MIN", "RECIPE_FORMAT", "Policy"]
 
@@ -165,7 +166,7 @@ class Policy(Mapping[str, np.ndarray]):
     @classmethod
     def from_json(cls, text: str) -> Policy:
         try:
-            data = json.loads(text)
+            data = loads_json(text)
         except json.JSONDecodeError as err:
             raise ValueError(f"recipe is not valid JSON: {err}") from None
         return cls.from_dict(data)

@@ -32,6 +32,7 @@ from ajpq_env.compression.actquant import ACT_BITS
 from ajpq_env.compression.pipeline import Deployable
 from ajpq_env.compression.qat import grid_errors
 from ajpq_env.deploy.resolve import Architecture, fit_recipe
+from ajpq_env.parsing import loads_json
 
 __all__ = ["CHECKPOINT_FORMAT", "Finetuned"]
 
@@ -131,7 +132,7 @@ class Finetuned:
             raise ValueError(f"{str(path)!r}: weights are not on the recipe's quantization grid: {'; '.join(problems)}")
         a_bits, qparams = _activation_ranges(data, graph, path)
         summary_path = path.parent / SUMMARY_FILE
-        summary = json.loads(summary_path.read_text()) if summary_path.is_file() else {}
+        summary = loads_json(summary_path.read_text()) if summary_path.is_file() else {}
         return cls(model, policy, architecture, dict(data.get("metrics", {})), summary.get("history", []),
                    summary.get("config", {}), float(summary.get("seconds", 0.0)), a_bits, qparams)
 

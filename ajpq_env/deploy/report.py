@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
@@ -27,6 +26,7 @@ import numpy as np
 from ajpq_env.compression import CostModel, Policy
 from ajpq_env.deploy._cli import check_output_folder, option, parse_config
 from ajpq_env.deploy.resolve import check_recipe_data, fit_recipe, load_recipe, task_architecture
+from ajpq_env.parsing import loads_json
 from ajpq_env.records import EpisodeRecord, read_records
 
 __all__ = ["ReportArgs", "layer_rows", "main", "pareto_front", "plot_layers", "plot_search", "write_report"]
@@ -188,7 +188,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        data = json.loads(path.read_text())
+        data = loads_json(path.read_text())
     except (OSError, ValueError) as err:
         raise _BadFile(f"{str(path)!r} is not readable JSON ({err}); remove it or write it again") from None
     if not isinstance(data, dict):

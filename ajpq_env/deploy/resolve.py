@@ -31,6 +31,7 @@ from ajpq_env.compression import B_MAX, B_MIN, IMPORTANCES, CompressionGraph, Po
 from ajpq_env.compression.cost import LATENCY, RESOURCES
 from ajpq_env.compression.policy import RECIPE_FORMAT
 from ajpq_env.models import MODELS, build_model
+from ajpq_env.parsing import loads_json
 from ajpq_env.tasks import SYNTHETIC_PREFIX, TASKS, Split, Task, load_task, synthetic_task
 
 __all__ = ["MAX_RECIPE_BYTES", "RECIPE_META_LIMITS", "SYNTHETIC_PREFIX", "Architecture", "check_recipe",
@@ -243,7 +244,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Policy:
     if path.stat().st_size > MAX_RECIPE_BYTES:
         raise ValueError(f"{str(path)!r} is larger than {MAX_RECIPE_BYTES} bytes: not a recipe")
     try:
-        data = json.loads(path.read_bytes())
+        data = loads_json(path.read_bytes())
     except (ValueError, OSError) as err:
         raise ValueError(f"{str(path)!r} is not a JSON recipe: {err}") from None
     check_recipe_data(data, f"recipe {str(path)!r}")

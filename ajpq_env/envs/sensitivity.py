@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from ajpq_env.compression import CompressionGraph, Policy
 from ajpq_env.compression.pipeline import Compressor, DeploySettings, calibration_indices
+from ajpq_env.parsing import loads_json
 from ajpq_env.tasks import Task
 from ajpq_env.tasks.data import cache_dir
 
@@ -115,7 +116,7 @@ def layer_sensitivity(
     path = cache_dir() / "sensitivity" / f"{task.name}-{key}.json"
     if cache and path.is_file():
         try:
-            return Sensitivity.from_dict(json.loads(path.read_text()))
+            return Sensitivity.from_dict(loads_json(path.read_text()))
         except (ValueError, KeyError, TypeError, json.JSONDecodeError):
             pass  # a damaged cache entry is measured again and replaced
     train = task.splits["train"]

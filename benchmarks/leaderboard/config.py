@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
+from ajpq_env.parsing import loads_json
 from benchmarks.leaderboard.entrants import Entrant, resolve_entrant
 from benchmarks.leaderboard.finetuning import FinetuneBudget
 from benchmarks.leaderboard.suites import SUITES, Entry, Suite
@@ -123,7 +124,7 @@ class LeaderboardConfig:
         options: dict[str, Any] = {}
         if self.ray_init is not None:
             try:
-                options = json.loads(self.ray_init)
+                options = loads_json(self.ray_init)
             except json.JSONDecodeError as err:
                 raise ValueError(f"--ray-init must be a JSON object, got {self.ray_init!r} ({err})") from None
             if not isinstance(options, dict):

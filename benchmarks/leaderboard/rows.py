@@ -17,6 +17,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from ajpq_env.parsing import csv_dicts, csv_header, loads_json
+
 if TYPE_CHECKING:
     from ajpq_env.records import EpisodeRecord
 
@@ -149,7 +151,7 @@ class LeaderboardRow:
             raw, hint = row.get(f.name) or "", hints[f.name]
             origin = typing.get_origin(hint)
             if origin in (dict, list):
-                kwargs[f.name] = json.loads(raw) if raw else origin()
+                kwargs[f.name] = loads_json(raw) if raw else origin()
             elif hint is bool:
                 kwargs[f.name] = raw == "True"
             elif hint is float:
@@ -167,7 +169,10 @@ COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LeaderboardRow))
 def check_header(path: str | Path) -> None:
     """Refuse a CSV whose header is not exactly :data:`COLUMNS` (appending to it would shift its columns)."""
     with open(path, newline="") as f:
-        header = next(csv.reader(f), [])
+        try:
+            header = csv_header(f)
+        except ValueError as err:
+            raise ValueError(f"{str(path)!r} {err}: choose another --out") from None
     if header and tuple(header) != COLUMNS:
         missing = [c for c in COLUMNS if c not in header]
         raise ValueError(
@@ -189,11 +194,16 @@ def read_rows(path: str | Path, *, complete_lines_only: bool = False) -> list[Le
         text = text[: text.rfind("\n") + 1]
     with io.StringIO(text, newline="") as f:
         reader = csv.DictReader(f)
-        missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+        rows = csv_dicts(reader)
+        try:
+            header = reader.fieldnames or []
+        except csv.Error as err:
+            raise ValueError(f"{str(path)!r} line 1: not a CSV header ({err})") from None
+        missing = [c for c in COLUMNS if c not in header]
         if missing:
             raise ValueError(f"{str(path)!r} is not a leaderboard CSV of this version: it lacks the columns {missing}")
         try:
-            return [LeaderboardRow.from_row(r) for r in reader]
+            return [LeaderboardRow.from_row(r) for r in rows]
         except (ValueError, TypeError) as err:
             raise ValueError(f"{str(path)!r}, line {reader.line_num}: unreadable row ({err})") from None
 
