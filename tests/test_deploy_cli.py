@@ -47,6 +47,31 @@ def test_search_to_report_end_to_end(run, capsys):
     assert "## Fine-tuning" in md and "## Export" in md and "Evaluated on the test split" in md
 
 
+def test_export_does_not_replace_the_export_of_another_source(run, tmp_path, capsys):
+    """A recipe and its fine-tuned model both export to RUN/export by default: the second is refused, not
+    written over the first; the same source again, or --overwrite, replaces it (and its stale evaluate.json)."""
+    out = tmp_path / "export"
+    assert cli.main(["export", str(run / "best_recipe.json"), "--out", str(out), "--onnx", "none"]) == 0
+    (out / "evaluate.json").write_text("{}")
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    other = tmp_path / "other.json"
+    other.write_bytes((run / "best_recipe.json").read_bytes())
+    assert cli.main(["export", str(other), "--out", str(out), "--onnx", "none"]) == 2
+    err = capsys.readouterr().err
+    assert "already holds the export of" in err and "best_recipe.json" in err and "--overwrite" in err
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert cli.main(["export", str(run), "--out", str(out), "--onnx", "none"]) == 0  # the same recipe, named by its run
+    assert not (out / "evaluate.json").exists()
+    assert cli.main(["export", str(other), "--out", str(out), "--onnx", "none", "--overwrite"]) == 0
+    assert json.loads((out / "export.json").read_text())["source"]["path"] == str(other)
+
+    (out / "model.onnx").mkdir()  # a folder where a file goes is refused before anything is written
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    assert cli.main(["export", str(other), "--out", str(out)]) == 2
+    assert "model.onnx there is not a regular file" in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
 def test_export_a_recipe_without_fine_tuning(run, deploy_env, deploy_recipe, tmp_path, capsys):
     assert cli.main(["export", str(run / "best_recipe.json"), "--out", str(tmp_path), "--onnx", "fp32"]) == 0
     manifest = json.loads((tmp_path / "export.json").read_text())

@@ -22,9 +22,10 @@ import torch
 
 from ajpq_env.compression import CostModel, Policy, packed
 from ajpq_env.deploy._cli import existing_file, option, parse_config, set_threads
-from ajpq_env.deploy.export import MANIFEST_FILE
+from ajpq_env.deploy.export import EVALUATION_FILE, MANIFEST_FILE
 from ajpq_env.deploy.onnx_export import onnx_session
 from ajpq_env.deploy.resolve import Architecture, check_recipe_data, load_splits, recipe_task_name
+from ajpq_env.parsing import loads_json
 from ajpq_env.tasks import Split
 from ajpq_env.tasks.metrics import Metric, get_metric
 from ajpq_env.tasks.registry import task_metric
@@ -173,7 +174,7 @@ def _check_onnx(path: Path) -> None:
 def _read_manifest(path: Path) -> dict[str, Any]:
     """``export.json`` when it is a readable JSON object (it only adds a line to the printout), else ``{}``."""
     try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
+        data = loads_json(path.read_text()) if path.is_file() else {}
     except (OSError, ValueError):
         return {}
     if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
@@ -208,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         set_threads(args.threads)
         existing_file(args.artefact, "ARTEFACT (the model.ajpq file written by `ajpq export`)")
-        out = args.json or args.artefact.parent / "evaluate.json"
+        out = args.json or args.artefact.parent / EVALUATION_FILE
         if out.is_dir():
             raise ValueError(f"--json {str(out)!r} is a folder; expected a file name")
         if out.suffix.lower() != ".json":  # a typo must not overwrite the artefact, its ONNX file or a run's CSV

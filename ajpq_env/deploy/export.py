@@ -34,13 +34,15 @@ from ajpq_env.deploy._cli import check_output_folder, option, parse_config, set_
 from ajpq_env.deploy.checkpoint import MODEL_FILE, Finetuned
 from ajpq_env.deploy.onnx_export import ONNX_FORMATS, export_onnx
 from ajpq_env.deploy.resolve import Architecture, fit_recipe, load_recipe, recipe_task_name, resolve_task
+from ajpq_env.parsing import loads_json
 from ajpq_env.tasks import Task
 
-__all__ = ["ARTEFACT_FILE", "MANIFEST_FILE", "ONNX_FILE", "ExportArgs", "compress_as_searched", "export_model", "main"]
+__all__ = ["ARTEFACT_FILE", "EVALUATION_FILE", "MANIFEST_FILE", "ONNX_FILE", "ExportArgs", "compress_as_searched", "export_model", "main"]
 
 ARTEFACT_FILE = "model.ajpq"
 ONNX_FILE = "model.onnx"
 MANIFEST_FILE = "export.json"
+EVALUATION_FILE = "evaluate.json"  # written by `ajpq evaluate` beside the artefact
 
 
 def export_model(
@@ -130,6 +132,36 @@ class ExportArgs:
     data: str | None = option(None, "recipe source only: data set root (BatchNorm calibration); default $AJPQ_DATA")
     weights: str | None = option(None, "recipe source only: FP32 weights; default: packaged, then $AJPQ_WEIGHTS")
     threads: int = option(0, "torch CPU threads (0 = torch's default)", low=0, high=1024)
+    overwrite: bool = option(False, "replace an export of another source already in the output folder")
+
+
+def _check_out(out: Path, source: Path, overwrite: bool) -> None:
+    """Refuse an output folder whose files cannot be written, or that holds the export of another source (a
+    recipe and its fine-tuned model both export to ``RUN/export`` by default): ``ValueError`` saying what to do.
+    Exporting the same source again replaces its files."""
+    check_output_folder(out, "--out")
+    for name in (ARTEFACT_FILE, ONNX_FILE, MANIFEST_FILE, EVALUATION_FILE):
+        path = out / name
+        if path.is_symlink() or (path.exists() and not path.is_file()):
+            raise ValueError(f"--out {str(out)!r}: {name} there is not a regular file; remove it or choose another "
+                             "--out")
+    manifest = out / MANIFEST_FILE
+    if overwrite or not manifest.exists():
+        return
+    try:
+        previous = Path(str(loads_json(manifest.read_bytes())["source"]["path"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        previous = None
+    if previous is None or _source_key(previous) != _source_key(source):
+        what = f"the export of {str(previous)!r}" if previous else f"an {MANIFEST_FILE} that names no source"
+        raise ValueError(f"--out {str(out)!r} already holds {what}; exporting {str(source)!r} there would replace "
+                         "it: pass another --out, or --overwrite")
+
+
+def _source_key(path: Path) -> Path:
+    """One name per source: a fine-tuning folder and its model.pt are the same."""
+    path = path.resolve()
+    return path.parent if path.name == MODEL_FILE else path
 
 
 def _is_checkpoint(source: Path) -> bool:
@@ -150,7 +182,8 @@ def main(argv: list[str] | None = None) -> int:
                                     "model.pt), a recipe JSON or a run folder holding best_recipe.json")
         folder = source if source.is_dir() else source.parent
         out = args.out or (folder.parent / "export" if _is_checkpoint(source) else folder / "export")
-        check_output_folder(out, "--out")
+        recipe_path = source / "best_recipe.json" if source.is_dir() and not _is_checkpoint(source) else source
+        _check_out(out, recipe_path, args.overwrite)
         if _is_checkpoint(source):
             tuned = Finetuned.load(source)
             deployable, policy, architecture = tuned.deployable(), tuned.policy, tuned.architecture
@@ -159,7 +192,6 @@ def main(argv: list[str] | None = None) -> int:
             folder = source if source.is_dir() else source.parent
             extra = {"source": {"kind": "finetuned", "path": str(source)}, "metrics": tuned.metrics}
         else:
-            recipe_path = source / "best_recipe.json" if source.is_dir() else source
             policy = load_recipe(recipe_path)
             name = recipe_task_name(policy, args.task, source=f"recipe {str(recipe_path)!r}")
             task = resolve_task(name, data_root=args.data, weights=args.weights)
@@ -172,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
             metrics = {"search": task.evaluate(deployable.deployed(graph), "search")}
             extra = {"source": {"kind": "recipe", "path": str(recipe_path)}, "metrics": metrics}
         manifest = export_model(deployable, architecture, out, onnx_format=onnx_format, extra=extra)
+        (out / EVALUATION_FILE).unlink(missing_ok=True)  # it evaluated the artefact just replaced
     except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
         print(f"ajpq export: error: {err}", file=sys.stderr)
         return 2
