@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import math
 
 import torch
 from rich.console import Console
@@ -20,7 +22,12 @@ DEFAULT_INPUTS = {
     "mobilenet_v2": (3, 32, 32),
     "resnet20": (3, 32, 32),
     "mobilenet_v2_imagenet": (3, 224, 224),
+    "skynet": (3, 160, 320),
 }
+
+
+#: The largest input side traced (one image of this size through MobileNetV2 is about 0.5 GB of activations).
+MAX_SIDE = 1024
 
 
 def _shape(text: str) -> tuple[int, int, int]:
@@ -28,7 +35,29 @@ def _shape(text: str) -> tuple[int, int, int]:
         c, h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected CxHxW such as 3x32x32, got {text!r}") from None
+    if not (1 <= c <= 64 and 1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
+        raise argparse.ArgumentTypeError(f"expected C in 1..64 and H, W in 1..{MAX_SIDE} (such as 3x32x32), got {text!r}")
     return c, h, w
+
+
+def _width(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not 0 < value <= 4:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 4] such as 0.5, got {text!r}")
+    return value
+
+
+def _classes(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if not 1 <= value <= 100_000:
+        raise argparse.ArgumentTypeError(f"expected an integer in 1..100000, got {text!r}")
+    return value
 
 
 def _console() -> Console:
@@ -39,8 +68,8 @@ def _console() -> Console:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="ajpq inspect", description="Print a model's compressible layers.")
     parser.add_argument("--model", default="mobilenet_v2", help=f"one of {', '.join(sorted(MODELS))}")
-    parser.add_argument("--width-mult", type=float, default=None, help="width multiplier (MobileNets)")
-    parser.add_argument("--num-classes", type=int, default=None, help="classifier outputs (default: the model's)")
+    parser.add_argument("--width-mult", type=_width, default=None, help="width multiplier (MobileNets)")
+    parser.add_argument("--num-classes", type=_classes, default=None, help="classifier outputs (default: the model's)")
     parser.add_argument("--input", type=_shape, default=None, help="input shape CxHxW (default: the model's)")
     parser.add_argument("--json", action="store_true", help="print the table as JSON instead")
     args = parser.parse_args(argv)
@@ -54,8 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     shape = args.input or DEFAULT_INPUTS.get(args.model, (3, 32, 32))
     if "in_channels" not in kwargs and args.model in ("mobilenet_v1", "mobilenet_v2") and shape[0] != 3:
         kwargs["in_channels"] = shape[0]
-    model = build_model(args.model, **kwargs).eval()
-    graph = CompressionGraph(model, torch.zeros(1, *shape))
+    accepted = inspect.signature(MODELS[args.model]).parameters
+    for key, option in (("width_mult", "--width-mult"), ("num_classes", "--num-classes"), ("in_channels", "--input")):
+        if key in kwargs and key not in accepted:
+            parser.error(f"{option} does not apply to {args.model} (its builder takes {', '.join(accepted) or 'nothing'})")
+    try:
+        model = build_model(args.model, **kwargs).eval()
+        graph = CompressionGraph(model, torch.zeros(1, *shape))
+    except (RuntimeError, ValueError) as err:  # e.g. an input too small for the network's strides
+        parser.error(f"cannot trace {args.model} on a {'x'.join(map(str, shape))} input: {str(err).splitlines()[0]}")
     rows = graph.table()
     fp32 = CostModel(graph).fp32
     if args.json:
