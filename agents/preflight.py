@@ -21,11 +21,25 @@ from typing import Any
 
 import gymnasium as gym
 
-__all__ = ["check_agent", "check_env", "env_kwargs", "env_signature"]
+from ajpq_env.parsing import loads_json
+
+__all__ = ["HYPERPARAM_RANGES", "check_agent", "check_env", "check_hyperparam", "env_kwargs", "env_signature"]
 
 SYNTHETIC_STEMS = {"synthetic": "joint", "synthetic-prune": "prune", "synthetic-quant": "quant"}
 #: RL-Zoo keys that are not constructor arguments but that the registry understands (see agents.registry)
 ZOO_KEYS = frozenset({"policy", "n_timesteps", "noise_type", "noise_std", "env_wrapper", "monitor_kwargs", "callback"})
+#: Ranges of numeric hyperparameters, checked before anything loads: SB3 takes most without a check (a buffer of
+#: size 0 or gamma 2 runs, wrongly) or fails deep in training with a numpy or assertion traceback. ``(type, low,
+#: high, low is open)``; a key not listed is passed on unchecked.
+HYPERPARAM_RANGES: dict[str, tuple[type, float, float, bool]] = {
+    "learning_rate": (float, 0, 10, True), "gamma": (float, 0, 1, False), "tau": (float, 0, 1, True),
+    "buffer_size": (int, 1, 10**9, False), "batch_size": (int, 1, 10**7, False), "learning_starts": (int, 0, 10**9, False),
+    "gradient_steps": (int, -1, 10**6, False), "policy_delay": (int, 1, 10**6, False),
+    "target_policy_noise": (float, 0, 10, False), "target_noise_clip": (float, 0, 10, False),
+    "noise_std": (float, 0, 10, False), "n_timesteps": (int, 1, 10**12, False), "n_steps": (int, 1, 10**7, False),
+    "n_epochs": (int, 1, 10**6, False), "gae_lambda": (float, 0, 1, False), "clip_range": (float, 0, 10, True),
+    "vf_coef": (float, 0, 10**3, False), "max_grad_norm": (float, 0, 10**6, True),
+}
 #: data sets whose files come from $AJPQ_DATA or the env's ``data_root``
 EXTERNAL_DATA = ("cifar10", "imagenet")
 
@@ -79,7 +93,7 @@ def env_kwargs(env: str, text: str | None) -> dict[str, Any]:
     if text is None:
         return {}
     try:
-        kwargs = json.loads(text)
+        kwargs = loads_json(text)
     except json.JSONDecodeError as err:
         raise ValueError(f"--env-kwargs is not JSON ({err}); expected an object such as '{{\"finetune_steps\": 10}}'") from None
     if not isinstance(kwargs, dict):
@@ -161,3 +175,25 @@ def check_agent(algo: str, stage_algo: str, hyperparams: dict[str, Any], hyperpa
             f"--hyperparams: unknown key(s) {unknown} for {rl.name}; expected arguments of "
             f"{rl.algorithm_class().__name__} or RL-Zoo keys ({', '.join(sorted(ZOO_KEYS))})"
         )
+    for key, value in hyperparams.items():
+        check_hyperparam(key, value, "--hyperparams")
+    if "policy_kwargs" in hyperparams and not isinstance(hyperparams["policy_kwargs"], dict):
+        raise ValueError(f"--hyperparams: policy_kwargs must be a dict such as dict(net_arch=[64, 64]), got "
+                         f"{hyperparams['policy_kwargs']!r}")
+
+
+def check_hyperparam(key: str, value: Any, source: str) -> None:
+    """``ValueError`` naming ``source`` when ``value`` is outside :data:`HYPERPARAM_RANGES` for ``key``."""
+    if key not in HYPERPARAM_RANGES:
+        return
+    kind, low, high, open_low = HYPERPARAM_RANGES[key]
+    if isinstance(value, str) and value.startswith("lin_") and kind is float:  # RL Zoo's schedule from the value to 0
+        try:
+            value = float(value[4:])
+        except ValueError:
+            pass
+    number = isinstance(value, int | float) and not isinstance(value, bool) and (kind is float or isinstance(value, int))
+    if not (number and math.isfinite(value) and (low < value if open_low else low <= value) and value <= high):
+        what = "an integer" if kind is int else "a number"
+        interval = f"{'(' if open_low else '['}{low}, {high}]" if kind is float else f"{low}..{high:,}"
+        raise ValueError(f"{source}: {key} must be {what} in {interval}, got {value!r}")

@@ -37,6 +37,7 @@ from stable_baselines3.common.noise import NormalActionNoise, OrnsteinUhlenbeckA
 from stable_baselines3.common.utils import LinearSchedule
 from torch import nn
 
+from agents.preflight import check_hyperparam
 from agents.schedule import DecayingTruncatedNormalNoise, SearchSchedule, credited_buffer_class
 
 if TYPE_CHECKING:
@@ -195,6 +196,8 @@ def load_hyperparams(algo: str, env_id: str | None, path: str | Path | None = No
     entry = data.get(env_id, {})
     if not isinstance(entry, dict):
         raise ValueError(f"{str(file)!r}: the entry of {env_id!r} must be a mapping, got {type(entry).__name__}")
+    for key, value in entry.items():
+        check_hyperparam(key, value, f"{str(file)!r}, entry {env_id!r}")
     return dict(entry)
 
 

@@ -155,6 +155,14 @@ def test_search_refuses_missing_data_before_loading(monkeypatch, capsys, no_env_
         (["--hyperparams", "learning_rat=0.1"], "unknown key(s) ['learning_rat'] for td3-twolevel"),
         (["--algo", "random", "--hyperparams", "batch_size=4"], "agent 'random' takes none"),
         (["--hyperparams-path", "/nonexistent.yml"], "does not exist"),
+        (["--hyperparams", "buffer_size=0"], "buffer_size must be an integer in 1..1,000,000,000, got 0"),
+        (["--hyperparams", "gamma=2"], "gamma must be a number in [0, 1], got 2"),
+        (["--hyperparams", "batch_size='x'"], "batch_size must be an integer in 1..10,000,000, got 'x'"),
+        (["--hyperparams", "batch_size=64.0"], "batch_size must be an integer"),
+        (["--hyperparams", "learning_rate=nan"], "learning_rate must be a number in (0, 10], got 'nan'"),
+        (["--hyperparams", "learning_rate=1e999"], "learning_rate must be a number in (0, 10], got inf"),
+        (["--hyperparams", "tau=0"], "tau must be a number in (0, 1], got 0"),
+        (["--hyperparams", "policy_kwargs=5"], "policy_kwargs must be a dict"),
     ],
 )
 def test_search_refuses_bad_env_and_agent_options_before_loading(options, message, tmp_path, capsys, no_env_loads):
@@ -370,3 +378,19 @@ def test_resnet20_search_split_is_disjoint_from_its_training_data_by_constructio
     mobilenet = load_splits("cifar10-mobilenet_v2", data_root=root)
     assert key(mobilenet["search"].images) <= key(train_x) and not key(mobilenet["search"].images) & key(
         mobilenet["train"].images)
+
+
+def test_hyperparameter_files_are_range_checked_and_the_shipped_ones_pass(tmp_path):
+    import yaml
+
+    from agents.preflight import check_hyperparam
+    from agents.registry import ALGORITHMS, HYPERPARAMS_DIR, load_hyperparams
+
+    for file in HYPERPARAMS_DIR.glob("*.yml"):
+        for env_id, entry in (yaml.safe_load(file.read_text()) or {}).items():
+            for key, value in entry.items():
+                check_hyperparam(key, value, f"{file.name} {env_id}")  # every shipped value is in range
+    (tmp_path / "td3.yml").write_text("AJPQ-MobileNet-v0:\n  buffer_size: 0\n  gamma: 0.99\n")
+    assert "td3" in ALGORITHMS
+    with pytest.raises(ValueError, match=r"td3.yml', entry 'AJPQ-MobileNet-v0': buffer_size must be an integer in 1\.\."):
+        load_hyperparams("td3", "AJPQ-MobileNet-v0", tmp_path)
