@@ -95,6 +95,38 @@ def test_checkpoint_off_the_grid_is_refused(tuned, graph, tmp_path):
         Finetuned.load(tmp_path / "missing")
 
 
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        (lambda d: d.pop("state_dict"), "lacks state_dict"),
+        (lambda d: d.__setitem__("architecture", [1]), "architecture: expected a mapping"),
+        (lambda d: d["architecture"]["builder_kwargs"].__setitem__("bogus", 1), "takes no argument bogus"),
+        (lambda d: d["architecture"].__setitem__("input_shape", [1, 16, 16]), "input_shape has 1 channels"),
+        (lambda d: d["architecture"].__setitem__("input_shape", [3, 10**5, 10**5]), "height/width must be an integer"),
+        (lambda d: d.__setitem__("metrics", [1]), "state_dict and metrics must be mappings"),
+        (lambda d: d["metrics"].__setitem__("test", "high"), "metrics must map names to numbers"),
+    ],
+    ids=["no-state", "arch-list", "kwargs-unknown", "channels", "huge-input", "metrics-list", "metric-text"],
+)
+def test_a_damaged_checkpoint_is_a_value_error_naming_it(tuned, tmp_path, damage, message):
+    """Every field is checked before anything is built from it (no KeyError, TypeError or allocation failure)."""
+    tuned.save(tmp_path)
+    data = torch.load(tmp_path / "model.pt", weights_only=True)
+    damage(data)
+    torch.save(data, tmp_path / "model.pt")
+    with pytest.raises(ValueError, match=message) as err:
+        Finetuned.load(tmp_path)
+    assert "model.pt" in str(err.value)
+
+
+def test_a_damaged_summary_beside_a_checkpoint_only_loses_the_history(tuned, tmp_path):
+    tuned.save(tmp_path)
+    for text in ("[" * 100_000, "[1, 2]", '{"history": 5, "seconds": "x"}'):
+        (tmp_path / "finetune.json").write_text(text)
+        loaded = Finetuned.load(tmp_path)
+        assert loaded.history == [] and loaded.metrics == tuned.metrics
+
+
 def test_finetune_is_reproducible(deploy_task, deploy_recipe):
     config = FinetuneConfig(epochs=1, samples_per_epoch=64, evaluate_search=False, **FAST)
     a, b = finetune(deploy_task, deploy_recipe, config), finetune(deploy_task, deploy_recipe, config)

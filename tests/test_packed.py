@@ -78,6 +78,8 @@ def test_bad_header_fields_are_refused_before_building(artefact, tmp_path, field
         ({**KWARGS, "num_classes": 10**9}, "num_classes"),
         ({**KWARGS, "in_channels": 4096}, "in_channels"),
         ({"weights": "IMAGENET1K_V1"}, "fetch weights"),
+        ({**KWARGS, "bogus": 1}, "takes no argument bogus"),
+        ({**KWARGS, "in_channels": 1}, "input_shape has 3 channels, but 'mobilenet_v2' with these arguments takes 1"),
     ],
 )
 def test_builder_arguments_are_bounded_and_never_download(artefact, tmp_path, kwargs, message):

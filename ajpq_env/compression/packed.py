@@ -73,13 +73,6 @@ FORMAT_VERSION = 2
 _PREFIX = len(MAGIC) + 4
 #: The largest header read (a MobileNetV2 recipe is about 20 kB of JSON).
 MAX_HEADER_BYTES = 16 * 2**20
-#: Bounds of builder arguments that size the network (checked before building it).
-MAX_NUM_CLASSES = 10_000
-MAX_WIDTH_MULT = 4.0
-MAX_IN_CHANNELS = 16
-MAX_INPUT_SIDE = 1024
-#: Builders a packed file may name: every registered builder, but never with pretrained ``weights``.
-_NO_DOWNLOAD_KWARGS = ("weights", "pretrained", "progress")
 
 
 @dataclass(frozen=True)
@@ -233,37 +226,17 @@ def _int(value: object, low: int, high: int, what: str, source: str) -> int:
 
 def check_header(header: object, source: str = "the header") -> None:
     """Check every field of a packed file's header; ``ValueError`` says which one is wrong and what is expected."""
-    from ajpq_env.models import MODELS
+    from ajpq_env.models.registry import check_architecture  # the limits of every architecture read from a file
     from ajpq_env.tasks import TASKS
 
     if not isinstance(header, dict):
         raise ValueError(f"{source}: header must be a JSON object, got {type(header).__name__}")
     if header.get("format") != FORMAT_VERSION:
         raise ValueError(f"{source}: format {header.get('format')!r}, this version reads {FORMAT_VERSION}")
-    builder = header.get("builder")
-    if builder not in MODELS:
-        raise ValueError(f"{source}: unknown builder {builder!r}; expected one of {sorted(MODELS)}")
-    kwargs = header.get("builder_kwargs")
-    if not isinstance(kwargs, dict):
-        raise ValueError(f"{source}: builder_kwargs must be a JSON object")
-    for key in _NO_DOWNLOAD_KWARGS:
-        if kwargs.get(key) not in (None, False):
-            raise ValueError(f"{source}: builder argument {key}={kwargs[key]!r} is refused: an artefact never makes "
-                             "the loader fetch weights")
-    if "num_classes" in kwargs:
-        _int(kwargs["num_classes"], 1, MAX_NUM_CLASSES, "builder_kwargs.num_classes", source)
-    if "in_channels" in kwargs:
-        _int(kwargs["in_channels"], 1, MAX_IN_CHANNELS, "builder_kwargs.in_channels", source)
-    if "width_mult" in kwargs:
-        w = kwargs["width_mult"]
-        if isinstance(w, bool) or not isinstance(w, int | float) or not (0 < w <= MAX_WIDTH_MULT):
-            raise ValueError(f"{source}: builder_kwargs.width_mult must be in (0, {MAX_WIDTH_MULT}], got {w!r}")
-    shape = header.get("input_shape")
+    builder, kwargs, shape = header.get("builder"), header.get("builder_kwargs"), header.get("input_shape")
     if not (isinstance(shape, list) and len(shape) == 4 and shape[0] == 1):
         raise ValueError(f"{source}: input_shape must be [1, C, H, W], got {shape!r}")
-    _int(shape[1], 1, MAX_IN_CHANNELS, "input_shape channels", source)
-    for side in shape[2:]:
-        _int(side, 1, MAX_INPUT_SIDE, "input_shape height/width", source)
+    check_architecture(builder, kwargs, shape[1:], source)
     recipe = header.get("recipe")
     task = recipe.get("meta", {}).get("task") if isinstance(recipe, dict) and isinstance(recipe.get("meta"), dict) else None
     if task in TASKS:  # a known task fixes the architecture: the header may not enlarge it

@@ -116,7 +116,15 @@ class Finetuned:
         if not isinstance(data, dict) or data.get("format") != CHECKPOINT_FORMAT:
             found = data.get("format") if isinstance(data, dict) else type(data).__name__
             raise ValueError(f"{str(path)!r}: expected a checkpoint of format {CHECKPOINT_FORMAT!r}, got {found!r}")
-        architecture = Architecture.from_dict(data["architecture"])
+        missing = [key for key in ("architecture", "recipe", "state_dict") if key not in data]
+        if missing:
+            raise ValueError(f"{str(path)!r} lacks {', '.join(missing)}: not a checkpoint `ajpq finetune` wrote")
+        if not isinstance(data["state_dict"], dict) or not isinstance(data.get("metrics", {}), dict):
+            raise ValueError(f"{str(path)!r}: state_dict and metrics must be mappings")
+        metrics = data.get("metrics", {})
+        if not all(isinstance(v, int | float) and not isinstance(v, bool) for v in metrics.values()):
+            raise ValueError(f"{str(path)!r}: metrics must map names to numbers")
+        architecture = Architecture.from_dict(data["architecture"], f"{str(path)!r} architecture")
         policy = Policy.from_dict(data["recipe"])
         graph = architecture.graph()
         fit_recipe(policy, graph, task=architecture.task, model=architecture.builder, source=f"checkpoint {path}")
@@ -132,9 +140,13 @@ class Finetuned:
             raise ValueError(f"{str(path)!r}: weights are not on the recipe's quantization grid: {'; '.join(problems)}")
         a_bits, qparams = _activation_ranges(data, graph, path)
         summary_path = path.parent / SUMMARY_FILE
-        summary = loads_json(summary_path.read_text()) if summary_path.is_file() else {}
-        return cls(model, policy, architecture, dict(data.get("metrics", {})), summary.get("history", []),
-                   summary.get("config", {}), float(summary.get("seconds", 0.0)), a_bits, qparams)
+        try:  # the summary beside it only adds the training history to the printout
+            summary = loads_json(summary_path.read_bytes()) if summary_path.is_file() else {}
+            history, config = list(summary.get("history", [])), dict(summary.get("config", {}))
+            seconds = float(summary.get("seconds", 0.0))
+        except (OSError, ValueError, TypeError, AttributeError):
+            history, config, seconds = [], {}, 0.0
+        return cls(model, policy, architecture, dict(metrics), history, config, seconds, a_bits, qparams)
 
 
 def _activation_ranges(data: dict[str, Any], graph: CompressionGraph, path: Path) -> tuple[int, list | None]:

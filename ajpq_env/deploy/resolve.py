@@ -31,6 +31,7 @@ from ajpq_env.compression import B_MAX, B_MIN, IMPORTANCES, CompressionGraph, Po
 from ajpq_env.compression.cost import LATENCY, RESOURCES
 from ajpq_env.compression.policy import RECIPE_FORMAT
 from ajpq_env.models import MODELS, build_model
+from ajpq_env.models.registry import check_architecture
 from ajpq_env.parsing import loads_json
 from ajpq_env.tasks import SYNTHETIC_PREFIX, TASKS, Split, Task, load_task, synthetic_task
 
@@ -105,13 +106,20 @@ class Architecture:
                 "input_shape": list(self.input_shape), "importance": self.importance}
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Architecture:
-        try:
-            return cls(str(data["task"]), str(data["builder"]), dict(data["builder_kwargs"]),
-                       tuple(int(v) for v in data["input_shape"]), str(data.get("importance", "l1")))
-        except KeyError as err:
-            raise ValueError(f"architecture record lacks {err}; expected task, builder, builder_kwargs, "
-                             "input_shape") from None
+    def from_dict(cls, data: object, source: str = "architecture record") -> Architecture:
+        """The architecture :meth:`to_dict` wrote; ``ValueError`` naming ``source`` and the field when it is not
+        one (checked by :func:`~ajpq_env.models.registry.check_architecture` before anything is built)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"{source}: expected a mapping with task, builder, builder_kwargs, input_shape, got "
+                             f"{type(data).__name__}")
+        missing = [key for key in ("task", "builder", "builder_kwargs", "input_shape") if key not in data]
+        if missing:
+            raise ValueError(f"{source} lacks {', '.join(missing)}; expected task, builder, builder_kwargs, input_shape")
+        if not isinstance(data["task"], str) or not isinstance(data.get("importance", "l1"), str):
+            raise ValueError(f"{source}: task and importance must be strings")
+        check_architecture(data["builder"], data["builder_kwargs"], data["input_shape"], source)
+        return cls(data["task"], data["builder"], dict(data["builder_kwargs"]), tuple(data["input_shape"]),
+                   data.get("importance", "l1"))
 
 
 def resolve_task(
