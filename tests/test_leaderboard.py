@@ -303,6 +303,37 @@ def test_table_only_regenerates_the_table(board, tmp_path, capsys):
     assert main(["--table-only", "--out", str(tmp_path / "nothing")]) == 2
 
 
+@pytest.mark.parametrize(
+    ("column", "value", "message"),
+    [
+        ("curve", "[1,2]", "curve must be a JSON list of [episode, seconds, metric] number triples"),
+        ("recipe", "[1]", "recipe must be a JSON object, got list"),
+        ("validated", "maybe", "validated must be True or False"),
+        ("resource", "banana", "resource must be one of ['size', 'bitops', 'macs']"),
+        ("seed_set", "nope", "seed_set must be one of ['held-out', 'tuning', 'other']"),
+        ("best_episode", "-5", "best_episode must be in 0.."),
+        ("target", "inf", "target must be in (0, 1]"),
+        ("agent", "", "agent is empty"),
+    ],
+)
+def test_table_only_refuses_rows_whose_fields_are_not_what_the_board_writes(board, tmp_path, capsys, column, value,
+                                                                            message):
+    out = copy_board(board, tmp_path)
+    with open(out / "leaderboard.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    rows[-1][column] = value
+    with open(out / "leaderboard.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    before = (out / "leaderboard.md").read_bytes()
+    capsys.readouterr()
+    assert main(["--table-only", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and f"line {len(rows) + 1}: unreadable row" in err and message in err
+    assert (out / "leaderboard.md").read_bytes() == before
+
+
 def _row(agent: str, seed: int, metric: float | None, **kw) -> LeaderboardRow:
     found = metric is not None
     values = dict(

@@ -153,6 +153,8 @@ class LeaderboardRow:
             if origin in (dict, list):
                 kwargs[f.name] = loads_json(raw) if raw else origin()
             elif hint is bool:
+                if raw not in ("True", "False"):
+                    raise ValueError(f"{f.name} must be True or False, got {raw!r}")
                 kwargs[f.name] = raw == "True"
             elif hint is float:
                 kwargs[f.name] = float(raw) if raw else math.nan
@@ -160,7 +162,42 @@ class LeaderboardRow:
                 kwargs[f.name] = int(raw) if raw else None
             else:
                 kwargs[f.name] = raw
-        return cls(**kwargs)
+        row = cls(**kwargs)
+        row.check()
+        return row
+
+    def check(self) -> None:
+        """``ValueError`` naming the first field that is not what :meth:`to_row` writes (a row read by
+        ``--table-only`` or ``benchmarks.claims`` is otherwise trusted by every table)."""
+        from ajpq_env.compression.cost import RESOURCES
+        from benchmarks.leaderboard.suites import SEED_SETS
+
+        for name in ("entry", "env_id", "task", "agent"):
+            if not getattr(self, name):
+                raise ValueError(f"{name} is empty")
+        if self.resource not in RESOURCES:
+            raise ValueError(f"resource must be one of {list(RESOURCES)}, got {self.resource!r}")
+        if self.seed_set not in SEED_SETS:
+            raise ValueError(f"seed_set must be one of {list(SEED_SETS)}, got {self.seed_set!r}")
+        if not 0 < self.target <= 1:
+            raise ValueError(f"target must be in (0, 1], got {self.target}")
+        for name in ("episodes", "finetune_epochs"):
+            if getattr(self, name) is None or getattr(self, name) < 0:
+                raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)}")
+        if self.episode_budget is None or self.episode_budget < 1:
+            raise ValueError(f"episode_budget must be an integer >= 1, got {self.episode_budget}")
+        if self.best_episode is not None and not 0 <= self.best_episode < max(self.episodes, 1):
+            raise ValueError(f"best_episode must be in 0..{self.episodes - 1} (or empty), got {self.best_episode}")
+        for name in ("size_ratio", "macs_ratio", "bitops_ratio", "walltime", "finetune_seconds"):
+            if getattr(self, name) < 0:  # NaN (not measured) passes
+                raise ValueError(f"{name} must be >= 0 or empty, got {getattr(self, name)}")
+        for name in ("recipe", "env_kwargs"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a JSON object, got {type(getattr(self, name)).__name__}")
+        if not (isinstance(self.curve, list) and all(
+                isinstance(point, list) and len(point) == 3
+                and all(isinstance(v, int | float) and not isinstance(v, bool) for v in point) for point in self.curve)):
+            raise ValueError("curve must be a JSON list of [episode, seconds, metric] number triples")
 
 
 COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(LeaderboardRow))
