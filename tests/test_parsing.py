@@ -16,7 +16,7 @@ from ajpq_env.compression.packed import MAGIC, read_header
 from ajpq_env.deploy.resolve import load_recipe
 from ajpq_env.parsing import csv_dicts, csv_fields, loads_json
 from ajpq_env.records import EpisodeRecord, RecordWriter, read_records
-from benchmarks.leaderboard.rows import COLUMNS, read_rows
+from benchmarks.leaderboard.rows import COLUMNS, LeaderboardRow, read_rows
 
 DEEP = "[" * 100_000  # 100 kB: past the parser's recursion limit, far below every file size limit
 LONG = 300_000  # characters: past the csv module's default field size limit (131,072)
@@ -90,7 +90,11 @@ def test_leaderboard_rows_refuse_deep_json_and_read_long_fields(tmp_path: Path):
     with open(path, "w", newline="") as f:
         writer = csv.DictWriter(f, COLUMNS)
         writer.writeheader()
-        writer.writerow({c: DEEP if c == "curve" else "" for c in COLUMNS})
+        row = LeaderboardRow(entry="e/size-0.5", env_id="synthetic", task="t", mode="joint", resource="size", target=0.5,
+                             agent="a", seed=0, seed_set="held-out", episode_budget=10, episodes=10, best_episode=None,
+                             metric=0.5, fp32_metric=0.9, size_ratio=0.4, macs_ratio=0.5, bitops_ratio=0.1, reward=0.5,
+                             walltime=1.0, validated=False, validation="none").to_row()
+        writer.writerow({**row, "curve": DEEP})  # valid but for the nesting
     with pytest.raises(ValueError, match="leaderboard.csv', line 2: unreadable row .*nested too deeply"):
         read_rows(path)
     with open(path, "w", newline="") as f:
