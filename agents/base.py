@@ -26,7 +26,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import loads_json
 from ajpq_env.records import EpisodeRecord
 
 __all__ = ["MemoryHooks", "SearchAgent", "SearchHooks", "SearchResult", "better", "meets_budget"]

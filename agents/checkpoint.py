@@ -46,7 +46,7 @@ import torch
 
 from agents.base import SearchAgent
 from ajpq_env.compression import Policy
-from ajpq_env.parsing import csv_fields, loads_json
+from ajpq_env.fileio import atomic_write, csv_fields, loads_json
 from ajpq_env.records import EpisodeRecord
 
 __all__ = [
@@ -103,12 +103,6 @@ def read_json(path: Path, what: str) -> Any:
         raise CheckpointError(f"corrupt {what} {str(path)!r}: {err}") from None
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def _sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as f:
@@ -160,7 +154,7 @@ def write_run_marker(out: Path, identity: dict[str, Any]) -> None:
     """Create ``out`` and write its run marker (the run's resolved options)."""
     out.mkdir(parents=True, exist_ok=True)
     data = {"format": RUN_FORMAT, "identity": _jsonable(identity), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _atomic_write(out / RUN_MARKER, json.dumps(data, indent=1))
+    atomic_write(out / RUN_MARKER, json.dumps(data, indent=1))
 
 
 def read_run_marker(out: Path) -> dict[str, Any]:
@@ -246,12 +240,23 @@ def _parse_rng(state: Any) -> dict[str, Any]:
     raw = base64.b64decode(state["torch"], validate=True) if isinstance(state["torch"], str) else b""
     if len(raw) != torch.get_rng_state().numel():
         raise ValueError(f"torch: expected {torch.get_rng_state().numel()} base64-encoded bytes")
-    return {
+    parsed = {
         "python": (version, tuple(internal), gauss),
         "numpy": {"bit_generator": "MT19937", "state": {"key": np.array(key, dtype=np.uint32), "pos": numpy["pos"]},
                   "has_gauss": numpy["has_gauss"], "gauss": numpy["gauss"]},
         "torch": torch.frombuffer(bytearray(raw), dtype=torch.uint8),
     }
+    # each setter's own checks, on scratch generators: a state of the right shape can still be invalid (torch
+    # refuses an mt19937 state whose words are inconsistent), and the global generators are set only after the
+    # agent has loaded
+    for name, trial in (("python", lambda: random.Random().setstate(parsed["python"])),
+                        ("numpy", lambda: np.random.RandomState().set_state(parsed["numpy"])),
+                        ("torch", lambda: torch.Generator().set_state(parsed["torch"]))):
+        try:
+            trial()
+        except (ValueError, TypeError, RuntimeError) as err:
+            raise ValueError(f"{name}: not a generator state ({err})") from None
+    return parsed
 
 
 def restore_rng(state: dict[str, Any]) -> None:
@@ -369,7 +374,7 @@ def write_checkpoint(out: Path, agent: SearchAgent, manifest: Manifest) -> None:
     manifest.directory = directory.relative_to(out).as_posix()
     manifest.files = {p.relative_to(directory).as_posix(): _sha256(p) for p in sorted(directory.rglob("*")) if p.is_file()}
     data = {**manifest.__dict__, "time": time.strftime("%Y-%m-%dT%H:%M:%S")}
-    _atomic_write(out / MANIFEST, json.dumps(data, indent=1))
+    atomic_write(out / MANIFEST, json.dumps(data, indent=1))
     for old in root.iterdir():  # only this run's own checkpoint folders, never anything else
         if old != directory and re.fullmatch(r"ep-\d{6}", old.name):
             _remove(old)

@@ -21,7 +21,7 @@ from typing import Any
 
 import gymnasium as gym
 
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import loads_json
 
 __all__ = ["HYPERPARAM_RANGES", "check_agent", "check_env", "check_hyperparam", "env_kwargs", "env_signature"]
 

@@ -31,7 +31,7 @@ from agents.guide import GuideSettings, SearchGuide, make_guide
 from agents.registry import AlgoSpec, get_algorithm, make_model
 from agents.sb3_state import load_model_state, save_model_state
 from agents.schedule import DecayingTruncatedNormalNoise, SearchSchedule
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import loads_json
 
 __all__ = ["RecordEpisodes", "SB3Agent", "SafePointCallback"]
 

@@ -32,7 +32,7 @@ from stable_baselines3.common.off_policy_algorithm import OffPolicyAlgorithm
 from stable_baselines3.common.utils import get_device
 
 from agents.schedule import DecayingTruncatedNormalNoise
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import loads_json
 
 __all__ = ["PARAMETERS_FILE", "REPLAY_BUFFER_FILE", "STATE_FILE", "load_model_state", "save_model_state"]
 

@@ -27,7 +27,6 @@ import argparse
 import dataclasses
 import json
 import math
-import os
 import sys
 import time
 import types
@@ -65,7 +64,7 @@ from agents.guide import GuideSettings
 from agents.registry import ALGORITHMS, ALIASES, DEFAULT_ALGO, agent_names, make_agent, parse_hyperparam
 from agents.schedule import SearchSchedule
 from ajpq_env.compression import Policy
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import atomic_write, loads_json
 from ajpq_env.records import EpisodeRecord, RecordWriter
 
 __all__ = ["SearchConfig", "SearchOutcome", "check_options", "main", "make_env", "parse_args", "run_search"]
@@ -338,7 +337,7 @@ class SearchRun(SearchHooks):
         self.episodes += 1
         if better(record, self.best, self.target, self.resource):
             self.best = record
-            _atomic_write(self.out / "best_recipe.json", Policy.from_dict(record.recipe).to_json(indent=1))
+            atomic_write(self.out / "best_recipe.json", Policy.from_dict(record.recipe).to_json(indent=1))
         for key in ("metric", "reward", "size_ratio", "macs_ratio", "bitops_ratio", "walltime"):
             self.logger.record(f"search/{key}", getattr(record, key))
         if self.best is not None:
@@ -365,12 +364,6 @@ class SearchRun(SearchHooks):
         self.bar.close()
         self.writer.close()
         self.logger.close()
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------- the search
@@ -519,7 +512,7 @@ def run_search(
     else:  # drop the rows written after the checkpoint (all of them when there is none) and restore its best
         truncate_rows(out / "episodes.csv", manifest.episodes if manifest else 0)
         if manifest is not None and manifest.best:
-            _atomic_write(out / "best_recipe.json", Policy.from_dict(loads_json(manifest.best["recipe"])).to_json(indent=1))
+            atomic_write(out / "best_recipe.json", Policy.from_dict(loads_json(manifest.best["recipe"])).to_json(indent=1))
         else:
             (out / "best_recipe.json").unlink(missing_ok=True)
 
@@ -566,7 +559,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     try:
         outcome = run_search(config)
-    except (CheckpointError, ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as err:
+    except (CheckpointError, ValueError, OSError) as err:  # OSError: a missing or unwritable path, a name too long...
         print(f"ajpq search: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from ajpq_env.parsing import csv_fields, loads_json
+from ajpq_env.fileio import csv_fields, loads_json
 
 __all__ = ["EpisodeRecord", "RecordWriter", "ValidationResult", "read_records"]
 

@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import loads_json
 
 __all__ = ["Board", "ClaimRow", "ClaimsConfig", "held_out_tables", "joint_vs_two_step", "joint_vs_two_step_rows", "main",
            "render", "suite_of", "within_one_point", "zero_bit_rows"]

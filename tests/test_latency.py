@@ -239,6 +239,27 @@ def test_profile_command_reports_bad_input(capsys):
         cli.main(["profile", "--task", "synthetic-mobilenet_v2", "--threads", "0"])
 
 
+def test_profile_refuses_a_folder_out_before_measuring(tmp_path, monkeypatch, capsys):
+    import ajpq_env.deploy.profile as profile
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the task was profiled before --out was refused")
+
+    monkeypatch.setattr(profile, "profile_task", refuse)
+    (tmp_path / "folder").mkdir()
+    assert cli.main(["profile", "--task", "synthetic-mobilenet_v2", "--threads", "1", "--out", str(tmp_path / "folder")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "--out" in err and "is a folder; expected a file name" in err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["folder"]  # no stray temporary file
+
+
+def test_a_refused_save_leaves_no_temporary_file(tiny_graph, tiny_task, tmp_path):
+    (tmp_path / "table.json").mkdir()
+    with pytest.raises(IsADirectoryError):
+        synthetic_table(tiny_graph, tiny_task.name).save(tmp_path / "table.json")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["table.json"]
+
+
 def test_env_finds_the_cached_table(tiny_task, tiny_graph, tmp_path, monkeypatch):
     monkeypatch.setenv("AJPQ_CACHE", str(tmp_path))
     path = synthetic_table(tiny_graph, tiny_task.name).save(default_table_path(tiny_task.name))

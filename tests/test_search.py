@@ -156,3 +156,24 @@ def test_bad_options_are_usage_errors(capsys):
         SearchConfig(hyperparams=["batch_size"])
     assert search_main(["--env", "AJPQ-Nope-v0", "--no-progress"]) == 2
     assert "registered AJPQ ids: AJPQ-MobileNet" in capsys.readouterr().err
+
+
+def test_an_invalid_generator_state_of_the_right_size_is_a_checkpoint_error():
+    """torch refuses some mt19937 states of the right length: found when the checkpoint is read, not at the end
+    of a resume after the agent has loaded."""
+    import base64
+
+    from agents.checkpoint import _parse_rng, capture_rng
+
+    state = capture_rng()
+    _parse_rng(state)
+    bad = {**state, "torch": base64.b64encode(b"\xff" * torch.get_rng_state().numel()).decode()}
+    with pytest.raises(ValueError, match="torch: not a generator state"):
+        _parse_rng(bad)
+
+
+def test_an_out_name_too_long_for_the_file_system_is_a_usage_error(tmp_path, capsys):
+    out = tmp_path / ("a" * 300)
+    assert search_main(["--env", "synthetic", "--episodes", "2", "--no-progress", "--threads", "1", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "ajpq search: error:" in err and "File name too long" in err

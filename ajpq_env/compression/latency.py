@@ -47,7 +47,7 @@ from typing import Any
 import numpy as np
 
 from ajpq_env.compression.graph import CompressionGraph, LayerInfo
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import atomic_write, loads_json
 
 __all__ = [
     "KERNEL_CLASSES",
@@ -337,10 +337,7 @@ class LatencyTable:
         """Write the table as JSON (atomically: a temporary file renamed into place); return the path."""
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=1))
-        os.replace(tmp, path)
-        self.path = path
+        self.path = atomic_write(path, json.dumps(self.to_dict(), indent=1))
         return path
 
     @classmethod

@@ -54,7 +54,7 @@ from ajpq_env.compression.integer import (
 )
 from ajpq_env.compression.policy import Policy
 from ajpq_env.compression.simulate import physically_prune, pruned_indices
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import loads_json
 
 __all__ = [
     "FORMAT_VERSION",

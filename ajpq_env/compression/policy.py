@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ajpq_env.compression.graph import CompressionGraph
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import loads_json
 
 __all__ = ["B_MAX", "B_MIN", "RECIPE_FORMAT", "Policy"]
 

@@ -147,6 +147,14 @@ def existing_file(path: Path, what: str) -> Path:
     return path
 
 
+def check_output_file(path: Path, option: str) -> None:
+    """``ValueError`` unless ``path`` names a file (not a folder) whose folder exists or can be created and is
+    writable: checked before any work whose result would be lost."""
+    if path.is_dir():
+        raise ValueError(f"{option} {str(path)!r} is a folder; expected a file name")
+    check_output_folder(path.parent, option)
+
+
 def check_output_folder(path: Path, option: str) -> None:
     """``ValueError`` unless ``path`` is a folder, or can be created as one, that this user can write."""
     if path.exists() and not path.is_dir():

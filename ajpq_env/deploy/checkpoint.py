@@ -32,7 +32,7 @@ from ajpq_env.compression.actquant import ACT_BITS
 from ajpq_env.compression.pipeline import Deployable
 from ajpq_env.compression.qat import grid_errors
 from ajpq_env.deploy.resolve import Architecture, fit_recipe
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import loads_json
 
 __all__ = ["CHECKPOINT_FORMAT", "Finetuned"]
 

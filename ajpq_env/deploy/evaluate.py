@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from ajpq_env.compression import CostModel, Policy, packed
-from ajpq_env.deploy._cli import existing_file, option, parse_config, set_threads
+from ajpq_env.deploy._cli import check_output_file, existing_file, option, parse_config, set_threads
 from ajpq_env.deploy.export import EVALUATION_FILE, MANIFEST_FILE
 from ajpq_env.deploy.onnx_export import onnx_session
 from ajpq_env.deploy.resolve import Architecture, check_recipe_data, load_splits, recipe_task_name
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import loads_json
 from ajpq_env.tasks import Split
 from ajpq_env.tasks.metrics import Metric, get_metric
 from ajpq_env.tasks.registry import task_metric
@@ -210,8 +210,7 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(args.threads)
         existing_file(args.artefact, "ARTEFACT (the model.ajpq file written by `ajpq export`)")
         out = args.json or args.artefact.parent / EVALUATION_FILE
-        if out.is_dir():
-            raise ValueError(f"--json {str(out)!r} is a folder; expected a file name")
+        check_output_file(out, "--json")
         if out.suffix.lower() != ".json":  # a typo must not overwrite the artefact, its ONNX file or a run's CSV
             raise ValueError(f"--json {str(out)!r} does not end in .json; expected a .json file name for the results")
         header, _ = packed.read_header(args.artefact)
@@ -229,7 +228,7 @@ def main(argv: list[str] | None = None) -> int:
         metric = task_metric(name)
         result = evaluate_artefact(args.artefact, split, onnx_path=onnx_path, split_name=args.split,
                                    batch_size=args.batch_size, metric=metric)
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+    except (ValueError, OSError, ModuleNotFoundError) as err:  # OSError: e.g. a name too long for the file system
         print(f"ajpq evaluate: error: {err}", file=sys.stderr)
         return 2
     _print(result, _read_manifest(args.artefact.parent / MANIFEST_FILE))

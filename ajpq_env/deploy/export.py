@@ -34,7 +34,7 @@ from ajpq_env.deploy._cli import check_output_folder, option, parse_config, set_
 from ajpq_env.deploy.checkpoint import MODEL_FILE, Finetuned
 from ajpq_env.deploy.onnx_export import ONNX_FORMATS, export_onnx
 from ajpq_env.deploy.resolve import Architecture, fit_recipe, load_recipe, recipe_task_name, resolve_task
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import loads_json
 from ajpq_env.tasks import Task
 
 __all__ = ["ARTEFACT_FILE", "EVALUATION_FILE", "MANIFEST_FILE", "ONNX_FILE", "ExportArgs", "compress_as_searched", "export_model", "main"]
@@ -205,7 +205,7 @@ def main(argv: list[str] | None = None) -> int:
             extra = {"source": {"kind": "recipe", "path": str(recipe_path)}, "metrics": metrics}
         manifest = export_model(deployable, architecture, out, onnx_format=onnx_format, extra=extra)
         (out / EVALUATION_FILE).unlink(missing_ok=True)  # it evaluated the artefact just replaced
-    except (ValueError, FileNotFoundError, ModuleNotFoundError) as err:
+    except (ValueError, OSError, ModuleNotFoundError) as err:  # OSError: e.g. a name too long for the file system
         print(f"ajpq export: error: {err}", file=sys.stderr)
         return 2
     art, cost = manifest["artefact"], manifest["cost"]

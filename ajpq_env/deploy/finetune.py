@@ -320,7 +320,7 @@ def main(argv: list[str] | None = None) -> int:
         fit_recipe(policy, graph, task=task.name, model=task.spec.model, source=f"recipe {str(recipe_path)!r}")
         result = finetune(task, policy, config, graph=graph)
         out = result.save(out)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: e.g. a name too long for the file system
         print(f"ajpq finetune: error: {err}", file=sys.stderr)
         return 2
     m, cost = result.metrics, result.cost()

@@ -48,7 +48,7 @@ from ajpq_env.compression.latency import (
     machine_key,
 )
 from ajpq_env.compression.pipeline import calibration_indices
-from ajpq_env.deploy._cli import option, parse_config, set_threads
+from ajpq_env.deploy._cli import check_output_file, option, parse_config, set_threads
 from ajpq_env.deploy.timing import export_fp32_onnx, interleaved_medians, median_seconds, ort_session
 from ajpq_env.tasks import Task
 
@@ -367,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         set_threads(args.threads)
         task = resolve_task(args.task, data_root=args.data, weights=args.weights)
         out = args.out or default_table_path(task.name, args.threads, args.batch)
+        check_output_file(out, "--out")  # before the measurement, which takes minutes
         table = profile_task(task, settings, progress=lambda line: print(line, file=sys.stderr))
         table.save(out)
     except (ValueError, FileNotFoundError, ModuleNotFoundError, OSError) as err:

@@ -26,7 +26,7 @@ import numpy as np
 from ajpq_env.compression import CostModel, Policy
 from ajpq_env.deploy._cli import check_output_folder, option, parse_config
 from ajpq_env.deploy.resolve import check_recipe_data, fit_recipe, load_recipe, task_architecture
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import loads_json
 from ajpq_env.records import EpisodeRecord, read_records
 
 __all__ = ["ReportArgs", "layer_rows", "main", "pareto_front", "plot_layers", "plot_search", "write_report"]
@@ -367,7 +367,7 @@ def main(argv: list[str] | None = None) -> int:
                                     "recipe.")
     try:
         path = write_report(args.run_dir, args.out)
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, OSError) as err:  # OSError: e.g. a name too long for the file system
         print(f"ajpq report: error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {path} with {path.parent / 'search.png'} and {path.parent / 'layers.png'}")

@@ -30,9 +30,9 @@ from ajpq_env import tasks
 from ajpq_env.compression import B_MAX, B_MIN, IMPORTANCES, CompressionGraph, Policy
 from ajpq_env.compression.cost import LATENCY, RESOURCES
 from ajpq_env.compression.policy import RECIPE_FORMAT
+from ajpq_env.fileio import loads_json
 from ajpq_env.models import MODELS, build_model
 from ajpq_env.models.registry import check_architecture
-from ajpq_env.parsing import loads_json
 from ajpq_env.tasks import SYNTHETIC_PREFIX, TASKS, Split, Task, load_task, synthetic_task
 
 __all__ = ["MAX_RECIPE_BYTES", "RECIPE_META_LIMITS", "SYNTHETIC_PREFIX", "Architecture", "check_recipe",

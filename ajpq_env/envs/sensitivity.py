@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from ajpq_env.compression import CompressionGraph, Policy
 from ajpq_env.compression.pipeline import Compressor, DeploySettings, calibration_indices
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import loads_json
 from ajpq_env.tasks import Task
 from ajpq_env.tasks.data import cache_dir
 

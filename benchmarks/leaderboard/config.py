@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
-from ajpq_env.parsing import loads_json
+from ajpq_env.fileio import loads_json
 from benchmarks.leaderboard.entrants import Entrant, resolve_entrant
 from benchmarks.leaderboard.finetuning import FinetuneBudget
 from benchmarks.leaderboard.suites import SUITES, Entry, Suite

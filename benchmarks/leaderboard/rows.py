@@ -11,13 +11,12 @@ import csv
 import io
 import json
 import math
-import os
 import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ajpq_env.parsing import csv_dicts, csv_header, loads_json
+from ajpq_env.fileio import atomic_write, csv_dicts, csv_header, loads_json
 
 if TYPE_CHECKING:
     from ajpq_env.records import EpisodeRecord
@@ -250,9 +249,7 @@ def drop_partial_line(path: Path) -> bool:
     data = path.read_bytes()
     if not data or data.endswith(b"\n"):
         return False
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data[: data.rfind(b"\n") + 1])
-    os.replace(tmp, path)
+    atomic_write(path, data[: data.rfind(b"\n") + 1])
     return True
 
 

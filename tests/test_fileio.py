@@ -14,7 +14,7 @@ import pytest
 from agents.checkpoint import CheckpointError, check_csv_prefix, read_json
 from ajpq_env.compression.packed import MAGIC, read_header
 from ajpq_env.deploy.resolve import load_recipe
-from ajpq_env.parsing import csv_dicts, csv_fields, loads_json
+from ajpq_env.fileio import atomic_write, csv_dicts, csv_fields, loads_json
 from ajpq_env.records import EpisodeRecord, RecordWriter, read_records
 from benchmarks.leaderboard.rows import COLUMNS, LeaderboardRow, read_rows
 
@@ -101,3 +101,13 @@ def test_leaderboard_rows_refuse_deep_json_and_read_long_fields(tmp_path: Path):
         csv.writer(f).writerow([*COLUMNS[:-1], COLUMNS[-1] + "x" * LONG])
     with pytest.raises(ValueError, match="lacks the columns"):  # a long header field is read, then found wrong
         read_rows(path)
+
+
+def test_atomic_write_replaces_whole_or_leaves_the_old_file_and_no_temporary(tmp_path: Path):
+    path = atomic_write(tmp_path / "a.json", "old")
+    atomic_write(path, b"new")
+    assert path.read_text() == "new"
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(IsADirectoryError):
+        atomic_write(tmp_path / "folder", "x")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "folder"]

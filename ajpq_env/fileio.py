@@ -1,17 +1,22 @@
-"""JSON and CSV parsing of files a user may be handed, where every malformation is a ``ValueError``.
+"""Reading files a user may be handed, where every malformation is a ``ValueError``, and writing files atomically.
 
 The standard parsers have two exits that are not: ``json.loads`` raises ``RecursionError`` on input nested deeper
 than the interpreter's stack (``"[" * 100_000`` is 100 kB), and the ``csv`` module raises ``csv.Error`` on a field
 longer than ``csv.field_size_limit()`` (131,072 characters by default), which a recipe of a large model reaches in
 ``episodes.csv`` (one bit-width per channel: ResNet-50 has about 26,000). Every reader of a user-supplied file
 goes through these helpers, so that each names the file and what is wrong instead of raising a traceback.
+
+:func:`atomic_write` writes a file whole or not at all (a temporary file renamed into place, removed when the
+write or the rename fails), so that an interrupted or refused write never leaves a half file or a stray one.
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import os
 from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 #: The longest CSV field read (a recipe of 64 MiB, the limit of every JSON file of a run); longer is refused.
@@ -57,3 +62,20 @@ def csv_header(lines: Iterable[str]) -> list[str]:
         return next(csv.reader(lines), [])
     except csv.Error as err:
         raise ValueError(f"line 1: not a CSV header ({err})") from None
+
+
+def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file beside it, renamed into place; on any error the
+    temporary file is removed and the error raised (``path`` keeps its old content)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        if isinstance(data, str):
+            tmp.write_text(data, encoding="utf-8")
+        else:
+            tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
