@@ -109,6 +109,9 @@ def test_evaluate_refuses_another_task_and_missing_files(run, tmp_path, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert cli.main(["finetune", "--recipe", str(tmp_path / "nothing.json")]) == 2
     assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "zero.json").symlink_to("/dev/zero")  # a device is named as such, and never read
+    assert cli.main(["finetune", "--recipe", str(tmp_path / "zero.json")]) == 2
+    assert "is not a regular file" in capsys.readouterr().err
     assert cli.main(["report", str(tmp_path)]) == 2
     assert "episodes.csv" in capsys.readouterr().err
 

@@ -142,6 +142,8 @@ def existing_file(path: Path, what: str) -> Path:
     """``path`` when it is a file; otherwise a ``FileNotFoundError`` that names ``what`` was looked for."""
     if path.is_dir():
         raise FileNotFoundError(f"{what} {str(path)!r} is a folder, not a file")
+    if path.exists() and not path.is_file():  # a device, a FIFO, a socket (or a link to one)
+        raise FileNotFoundError(f"{what} {str(path)!r} is not a regular file")
     if not path.is_file():
         raise FileNotFoundError(f"{what} {str(path)!r} does not exist")
     return path

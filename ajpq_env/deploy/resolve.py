@@ -30,6 +30,7 @@ from ajpq_env import tasks
 from ajpq_env.compression import B_MAX, B_MIN, IMPORTANCES, CompressionGraph, Policy
 from ajpq_env.compression.cost import LATENCY, RESOURCES
 from ajpq_env.compression.policy import RECIPE_FORMAT
+from ajpq_env.deploy._cli import existing_file
 from ajpq_env.fileio import loads_json
 from ajpq_env.models import MODELS, build_model
 from ajpq_env.models.registry import check_architecture
@@ -247,8 +248,7 @@ def load_recipe(path: str | os.PathLike[str]) -> Policy:
     path = Path(path)
     if path.is_dir():
         path = path / "best_recipe.json"
-    if not path.is_file():
-        raise FileNotFoundError(f"recipe file {str(path)!r} does not exist")
+    existing_file(path, "recipe file")
     if path.stat().st_size > MAX_RECIPE_BYTES:
         raise ValueError(f"{str(path)!r} is larger than {MAX_RECIPE_BYTES} bytes: not a recipe")
     try:
