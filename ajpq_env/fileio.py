@@ -19,6 +19,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+__all__ = ["MAX_CSV_FIELD", "atomic_write", "csv_dicts", "csv_fields", "csv_header", "loads_json"]
+
 #: The longest CSV field read (a recipe of 64 MiB, the limit of every JSON file of a run); longer is refused.
 MAX_CSV_FIELD = 64 * 2**20
 
