@@ -19,7 +19,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MAX_CSV_FIELD", "atomic_write", "csv_dicts", "csv_fields", "csv_header", "loads_json"]
+__all__ = ["MAX_CSV_FIELD", "atomic_write", "check_int", "csv_dicts", "csv_fields", "csv_header", "loads_json"]
 
 #: The longest CSV field read (a recipe of 64 MiB, the limit of every JSON file of a run); longer is refused.
 MAX_CSV_FIELD = 64 * 2**20
@@ -33,6 +33,14 @@ def loads_json(data: str | bytes) -> Any:
     except RecursionError:
         raise json.JSONDecodeError("nested too deeply to parse (no file of AJPQ nests more than a few levels)",
                                    "", 0) from None
+
+
+def check_int(value: object, low: int, high: int, what: str, source: str) -> int:
+    """``value`` when it is an integer (not a bool) in ``low..high``; else ``ValueError`` naming ``source`` and
+    ``what`` (a field of a file read)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise ValueError(f"{source}: {what} must be an integer in {low}..{high}, got {value!r}")
+    return value
 
 
 # A process-wide setting of the csv module, made once on import (every reader of ours imports this module): only

@@ -13,6 +13,7 @@ from rich.table import Table
 
 from ajpq_env.compression import CompressionGraph, CostModel
 from ajpq_env.models import MODELS, build_model
+from ajpq_env.models.registry import MAX_INPUT_SIDE  # the largest side an artefact or checkpoint may name
 
 __all__ = ["envs_main", "main"]
 
@@ -26,17 +27,13 @@ DEFAULT_INPUTS = {
 }
 
 
-#: The largest input side traced (one image of this size through MobileNetV2 is about 0.5 GB of activations).
-MAX_SIDE = 1024
-
-
 def _shape(text: str) -> tuple[int, int, int]:
     try:
         c, h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected CxHxW such as 3x32x32, got {text!r}") from None
-    if not (1 <= c <= 64 and 1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE):
-        raise argparse.ArgumentTypeError(f"expected C in 1..64 and H, W in 1..{MAX_SIDE} (such as 3x32x32), got {text!r}")
+    if not (1 <= c <= 64 and 1 <= h <= MAX_INPUT_SIDE and 1 <= w <= MAX_INPUT_SIDE):
+        raise argparse.ArgumentTypeError(f"expected C in 1..64 and H, W in 1..{MAX_INPUT_SIDE} (such as 3x32x32), got {text!r}")
     return c, h, w
 
 

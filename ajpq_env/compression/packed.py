@@ -54,7 +54,7 @@ from ajpq_env.compression.integer import (
 )
 from ajpq_env.compression.policy import Policy
 from ajpq_env.compression.simulate import physically_prune, pruned_indices
-from ajpq_env.fileio import loads_json
+from ajpq_env.fileio import check_int, loads_json
 
 __all__ = [
     "FORMAT_VERSION",
@@ -218,12 +218,6 @@ def read_header(path: str | Path) -> tuple[dict[str, Any], int]:
     return header, _PREFIX + length
 
 
-def _int(value: object, low: int, high: int, what: str, source: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{source}: {what} must be an integer in {low}..{high}, got {value!r}")
-    return value
-
-
 def check_header(header: object, source: str = "the header") -> None:
     """Check every field of a packed file's header; ``ValueError`` says which one is wrong and what is expected."""
     from ajpq_env.models.registry import check_architecture  # the limits of every architecture read from a file
@@ -250,8 +244,8 @@ def check_header(header: object, source: str = "the header") -> None:
                                  f"the header says {value!r}")
     if header.get("a_bits") not in ACT_BITS:
         raise ValueError(f"{source}: a_bits must be one of {list(ACT_BITS)}, got {header.get('a_bits')!r}")
-    _int(header.get("activation_quantizers"), 0, 100_000, "activation_quantizers", source)
-    _int(header.get("payload_bytes"), 0, 2**40, "payload_bytes", source)
+    check_int(header.get("activation_quantizers"), 0, 100_000, "activation_quantizers", source)
+    check_int(header.get("payload_bytes"), 0, 2**40, "payload_bytes", source)
     digest = header.get("payload_sha256")
     if not (isinstance(digest, str) and len(digest) == 64 and all(c in "0123456789abcdef" for c in digest)):
         raise ValueError(f"{source}: payload_sha256 must be 64 lowercase hex digits")

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -24,7 +23,7 @@ from tqdm.auto import tqdm
 
 from ajpq_env.compression import CompressionGraph, Policy
 from ajpq_env.compression.pipeline import Compressor, DeploySettings, calibration_indices
-from ajpq_env.fileio import loads_json
+from ajpq_env.fileio import atomic_write, loads_json
 from ajpq_env.tasks import Task
 from ajpq_env.tasks.data import cache_dir
 
@@ -160,7 +159,5 @@ def layer_sensitivity(
     result = Sensitivity(reference, PROBE_BITS, quant, prune, samples)
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result.to_dict()))
-        os.replace(tmp, path)
+        atomic_write(path, json.dumps(result.to_dict()))
     return result

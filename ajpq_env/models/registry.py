@@ -8,6 +8,7 @@ from typing import Any
 
 from torch import nn
 
+from ajpq_env.fileio import check_int
 from ajpq_env.models.mobilenet_v1 import mobilenet_v1
 from ajpq_env.models.mobilenet_v2 import mobilenet_v2, mobilenet_v2_imagenet
 from ajpq_env.models.resnet_cifar import resnet20
@@ -57,12 +58,6 @@ MAX_INPUT_SIDE = 1024
 NO_DOWNLOAD_KWARGS = ("weights", "pretrained", "progress")
 
 
-def _int(value: object, low: int, high: int, what: str, source: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
-        raise ValueError(f"{source}: {what} must be an integer in {low}..{high}, got {value!r}")
-    return value
-
-
 def check_architecture(builder: object, kwargs: object, input_shape: object, source: str) -> None:
     """Check an architecture read from a file before anything is built from it: ``ValueError`` naming ``source``,
     the field and what is expected (instead of a ``TypeError`` from the builder or a tracing ``RuntimeError``).
@@ -85,18 +80,18 @@ def check_architecture(builder: object, kwargs: object, input_shape: object, sou
             raise ValueError(f"{source}: builder argument {key}={kwargs[key]!r} is refused: a file never makes "
                              "the loader fetch weights")
     if "num_classes" in kwargs:
-        _int(kwargs["num_classes"], 1, MAX_NUM_CLASSES, "builder_kwargs.num_classes", source)
+        check_int(kwargs["num_classes"], 1, MAX_NUM_CLASSES, "builder_kwargs.num_classes", source)
     if "in_channels" in kwargs:
-        _int(kwargs["in_channels"], 1, MAX_IN_CHANNELS, "builder_kwargs.in_channels", source)
+        check_int(kwargs["in_channels"], 1, MAX_IN_CHANNELS, "builder_kwargs.in_channels", source)
     if "width_mult" in kwargs:
         w = kwargs["width_mult"]
         if isinstance(w, bool) or not isinstance(w, int | float) or not (0 < w <= MAX_WIDTH_MULT):
             raise ValueError(f"{source}: builder_kwargs.width_mult must be in (0, {MAX_WIDTH_MULT}], got {w!r}")
     if not (isinstance(input_shape, Sequence) and not isinstance(input_shape, str) and len(input_shape) == 3):
         raise ValueError(f"{source}: input_shape must be [C, H, W], got {input_shape!r}")
-    channels = _int(input_shape[0], 1, MAX_IN_CHANNELS, "input_shape channels", source)
+    channels = check_int(input_shape[0], 1, MAX_IN_CHANNELS, "input_shape channels", source)
     for side in input_shape[1:]:
-        _int(side, 1, MAX_INPUT_SIDE, "input_shape height/width", source)
+        check_int(side, 1, MAX_INPUT_SIDE, "input_shape height/width", source)
     takes = kwargs.get("in_channels", accepted["in_channels"].default if "in_channels" in accepted else 3)
     if channels != takes:
         raise ValueError(f"{source}: input_shape has {channels} channels, but {builder!r} with these arguments "
