@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
+import io
 import json
 import math
 import os
@@ -303,11 +304,10 @@ def truncate_rows(path: Path, rows: int) -> None:
     content = read_csv_rows(path)
     header = content.header or [f.name for f in fields(EpisodeRecord)]
     kept = content.rows[:rows]
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
-        csv.writer(f).writerow(header)
-        f.writelines(line + "\r\n" for line in kept)
-    os.replace(tmp, path)
+    text = io.StringIO(newline="")
+    csv.writer(text).writerow(header)
+    text.writelines(line + "\r\n" for line in kept)
+    atomic_write(path, text.getvalue())
 
 
 def check_csv_prefix(path: Path, episodes: int) -> list[dict[str, str]]:

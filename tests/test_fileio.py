@@ -111,3 +111,32 @@ def test_atomic_write_replaces_whole_or_leaves_the_old_file_and_no_temporary(tmp
     with pytest.raises(IsADirectoryError):
         atomic_write(tmp_path / "folder", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "folder"]
+
+
+def test_a_recipe_and_a_truncated_episodes_csv_are_written_whole_or_not_at_all(tmp_path: Path,
+                                                                             monkeypatch: pytest.MonkeyPatch):
+    from agents.checkpoint import truncate_rows
+    from ajpq_env.compression import Policy
+
+    recipe = tmp_path / "recipe.json"
+    Policy({"conv": [8, 0, 4]}).save(recipe)
+    episodes = tmp_path / "episodes.csv"
+    with RecordWriter(episodes) as writer:
+        for e in range(3):
+            writer.write(record(e, {"conv": [8, 0, 4]}))
+    before = {p.name: p.read_bytes() for p in (recipe, episodes)}
+
+    def disk_full(self: Path, data, *args, **kwargs):  # noqa: ANN001, ANN202
+        with open(self, "wb") as f:
+            f.write(b"{")  # a partial write, then the disk fills up
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_text", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        Policy({"conv": [2, 2, 2]}).save(recipe)
+    with pytest.raises(OSError, match="No space"):
+        truncate_rows(episodes, 1)
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # old contents kept, no temporary left
+    monkeypatch.undo()
+    truncate_rows(episodes, 1)
+    assert len(list(read_records(episodes))) == 1

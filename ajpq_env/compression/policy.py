@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from ajpq_env.compression.graph import CompressionGraph
-from ajpq_env.fileio import loads_json
+from ajpq_env.fileio import atomic_write, loads_json
 
 __all__ = ["B_MAX", "B_MIN", "RECIPE_FORMAT", "Policy"]
 
@@ -172,7 +172,7 @@ class Policy(Mapping[str, np.ndarray]):
         return cls.from_dict(data)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(self.to_json(indent=1))
+        atomic_write(path, self.to_json(indent=1))
 
     @classmethod
     def load(cls, path: str | Path) -> Policy:

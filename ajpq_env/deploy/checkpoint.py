@@ -32,7 +32,7 @@ from ajpq_env.compression.actquant import ACT_BITS
 from ajpq_env.compression.pipeline import Deployable
 from ajpq_env.compression.qat import grid_errors
 from ajpq_env.deploy.resolve import Architecture, fit_recipe
-from ajpq_env.fileio import loads_json
+from ajpq_env.fileio import atomic_write, loads_json
 
 __all__ = ["CHECKPOINT_FORMAT", "Finetuned"]
 
@@ -98,7 +98,7 @@ class Finetuned:
             "task": self.architecture.task, "recipe_digest": self.policy.digest(), "metrics": self.metrics,
             "cost": self.cost(), "seconds": self.seconds, "config": self.config, "history": self.history,
         }
-        (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
+        atomic_write(out / SUMMARY_FILE, json.dumps(summary, indent=1))
         return out
 
     @classmethod

@@ -22,10 +22,10 @@ import torch
 
 from ajpq_env.compression import CostModel, Policy, packed
 from ajpq_env.deploy._cli import check_output_file, existing_file, option, parse_config, set_threads
-from ajpq_env.deploy.export import EVALUATION_FILE, MANIFEST_FILE
+from ajpq_env.deploy.export import EVALUATION_FILE, MANIFEST_FILE, read_manifest
 from ajpq_env.deploy.onnx_export import onnx_session
 from ajpq_env.deploy.resolve import Architecture, check_recipe_data, load_splits, recipe_task_name
-from ajpq_env.fileio import loads_json
+from ajpq_env.fileio import atomic_write
 from ajpq_env.tasks import Split
 from ajpq_env.tasks.metrics import Metric, get_metric
 from ajpq_env.tasks.registry import task_metric
@@ -171,19 +171,6 @@ def _check_onnx(path: Path) -> None:
                          "--no-onnx") from None
 
 
-def _read_manifest(path: Path) -> dict[str, Any]:
-    """``export.json`` when it is a readable JSON object (it only adds a line to the printout), else ``{}``."""
-    try:
-        data = loads_json(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError):
-        return {}
-    if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
-        return {}
-    metrics = {k: v for k, v in data.get("metrics", {}).items() if isinstance(v, int | float) and not isinstance(v, bool)}
-    source = data.get("source") if isinstance(data.get("source"), dict) else {}
-    return {**data, "metrics": metrics, "source": source}
-
-
 def _print(result: ArtefactEvaluation, manifest: dict[str, Any]) -> None:
     ratio = result.size_bytes / result.fp32_size_bytes
     print(f"{result.artefact}: {result.file_bytes:,} B on disk = header {result.header_bytes:,} B + payload "
@@ -231,9 +218,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, OSError, ModuleNotFoundError) as err:  # OSError: e.g. a name too long for the file system
         print(f"ajpq evaluate: error: {err}", file=sys.stderr)
         return 2
-    _print(result, _read_manifest(args.artefact.parent / MANIFEST_FILE))
+    _print(result, read_manifest(args.artefact.parent / MANIFEST_FILE))
     try:
-        out.write_text(json.dumps(result.to_dict(), indent=1))
+        atomic_write(out, json.dumps(result.to_dict(), indent=1))
     except OSError as err:
         print(f"ajpq evaluate: error: cannot write {str(out)!r}: {err}", file=sys.stderr)
         return 2

@@ -34,10 +34,10 @@ from ajpq_env.deploy._cli import check_output_folder, option, parse_config, set_
 from ajpq_env.deploy.checkpoint import MODEL_FILE, Finetuned
 from ajpq_env.deploy.onnx_export import ONNX_FORMATS, export_onnx
 from ajpq_env.deploy.resolve import Architecture, fit_recipe, load_recipe, recipe_task_name, resolve_task
-from ajpq_env.fileio import loads_json
+from ajpq_env.fileio import atomic_write, loads_json
 from ajpq_env.tasks import Task
 
-__all__ = ["ARTEFACT_FILE", "EVALUATION_FILE", "MANIFEST_FILE", "ONNX_FILE", "ExportArgs", "compress_as_searched", "export_model", "main"]
+__all__ = ["ARTEFACT_FILE", "EVALUATION_FILE", "MANIFEST_FILE", "ONNX_FILE", "ExportArgs", "compress_as_searched", "export_model", "main", "read_manifest"]
 
 ARTEFACT_FILE = "model.ajpq"
 ONNX_FILE = "model.onnx"
@@ -104,7 +104,7 @@ def export_model(
         path = export_onnx(network, out / ONNX_FILE, architecture.example_input())
         manifest["onnx"] = {"file": ONNX_FILE, "format": onnx_format, "file_bytes": path.stat().st_size}
     manifest.update(extra or {})
-    (out / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
+    atomic_write(out / MANIFEST_FILE, json.dumps(manifest, indent=1))
     return manifest
 
 
@@ -135,6 +135,20 @@ class ExportArgs:
     overwrite: bool = option(False, "replace an export of another source already in the output folder")
 
 
+def read_manifest(path: Path) -> dict[str, Any]:
+    """``export.json`` at ``path`` when it is a readable JSON object, else ``{}`` (a tolerant read: the manifest only
+    adds lines to a printout and names the export's source); its ``metrics`` keep the numbers, ``source`` is a dict."""
+    try:
+        data = loads_json(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(data, dict) or not isinstance(data.get("metrics", {}), dict):
+        return {}
+    metrics = {k: v for k, v in data.get("metrics", {}).items() if isinstance(v, int | float) and not isinstance(v, bool)}
+    source = data.get("source") if isinstance(data.get("source"), dict) else {}
+    return {**data, "metrics": metrics, "source": source}
+
+
 def _check_out(out: Path, source: Path, overwrite: bool) -> None:
     """Refuse an output folder whose files cannot be written, or that holds the export of another source (a
     recipe and its fine-tuned model both export to ``RUN/export`` by default): ``ValueError`` saying what to do.
@@ -148,10 +162,8 @@ def _check_out(out: Path, source: Path, overwrite: bool) -> None:
     manifest = out / MANIFEST_FILE
     if overwrite or not manifest.exists():
         return
-    try:
-        previous = Path(str(loads_json(manifest.read_bytes())["source"]["path"]))
-    except (OSError, ValueError, KeyError, TypeError):
-        previous = None
+    named = read_manifest(manifest).get("source", {}).get("path")
+    previous = Path(named) if isinstance(named, str) and named else None
     if previous is None or _source_key(previous) != _source_key(source):
         what = f"the export of {str(previous)!r}" if previous else f"an {MANIFEST_FILE} that names no source"
         raise ValueError(f"--out {str(out)!r} already holds {what}; exporting {str(source)!r} there would replace "

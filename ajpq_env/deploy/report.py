@@ -26,7 +26,7 @@ import numpy as np
 from ajpq_env.compression import CostModel, Policy
 from ajpq_env.deploy._cli import check_output_folder, option, parse_config
 from ajpq_env.deploy.resolve import check_recipe_data, fit_recipe, load_recipe, task_architecture
-from ajpq_env.fileio import loads_json
+from ajpq_env.fileio import atomic_write, loads_json
 from ajpq_env.records import EpisodeRecord, read_records
 
 __all__ = ["ReportArgs", "layer_rows", "main", "pareto_front", "plot_layers", "plot_search", "write_report"]
@@ -251,7 +251,7 @@ def write_report(run_dir: str | os.PathLike[str], out_dir: str | os.PathLike[str
     plot_search(records, out / "search.png", best, title=f"{task}: {len(records)} episodes")
     plot_layers(rows, out / "layers.png", title=f"best recipe: {policy!r}")
     md = _markdown(run, records, policy, rows, best, task, note, out, sections)
-    (out / "report.md").write_text(md)
+    atomic_write(out / "report.md", md)
     return out / "report.md"
 
 

@@ -15,11 +15,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.resources
+import io
 import itertools
 import os
 import pickle
 import re
-import tempfile
 import warnings
 from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +28,8 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
+
+from ajpq_env.fileio import atomic_write
 
 if TYPE_CHECKING:
     from torchvision.datasets import ImageFolder
@@ -102,15 +104,9 @@ def _write_cache(name: str, **arrays: np.ndarray) -> None:
     directory = cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.savez(f, **arrays)
-            os.chmod(tmp, 0o644)  # mkstemp creates 0600; the cache holds public data
-            os.replace(tmp, directory / name)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        atomic_write(directory / name, buffer.getvalue())
     except OSError as err:
         warnings.warn(
             f"could not write the data cache {directory / name} ({err}); data will be decoded again next time. "
