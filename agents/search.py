@@ -101,6 +101,10 @@ class SearchConfig:
     exploit_fraction: float = _opt(0.3, "guided search: fraction of the episodes, at the end, spent around the best")
     bc_steps: int = _opt(GuideSettings.bc_steps, "guided search: behaviour-cloning steps of the actor on the best "
                                                  "episode before learning (0: off)")
+    exploit_sigma: float = _opt(GuideSettings.exploit_sigma, "guided search: standard deviation of the exploitation "
+                                                             "noise, in action units, in (0, 2]")
+    exploit_layers: float = _opt(GuideSettings.exploit_layers, "guided search: fraction of the layers an exploitation "
+                                                               "episode perturbs, in (0, 1]")
     stage_algo: str = _opt("ddpg", "two-step only: the agent of both stages")
     prune_target: float | None = _opt(None, "two-step only: the prune stage's budget ratio (default: geometric split)")
     hyperparams: list[str] = field(
@@ -116,7 +120,8 @@ class SearchConfig:
     #: options a resume must repeat (compared as resolved values: see :meth:`identity`)
     IDENTITY: typing.ClassVar[tuple[str, ...]] = (
         "env", "algo", "target", "resource", "seed", "warmup_episodes", "noise_sigma", "noise_decay", "gamma",
-        "credit", "schedule", "guide", "guide_priors", "exploit_fraction", "bc_steps", "stage_algo", "prune_target", "hyperparams", "hyperparams_path", "env_kwargs",
+        "credit", "schedule", "guide", "guide_priors", "exploit_fraction", "bc_steps", "exploit_sigma",
+        "exploit_layers", "stage_algo", "prune_target", "hyperparams", "hyperparams_path", "env_kwargs",
     )
     #: the resolved options known only once the env is built (its default budget)
     ENV_RESOLVED: typing.ClassVar[tuple[str, ...]] = ("target", "resource")
@@ -143,6 +148,7 @@ class SearchConfig:
             ("--target", self.target, 0.0, 1.0, True), ("--prune-target", self.prune_target, 0.0, 1.0, True),
             ("--noise-sigma", self.noise_sigma, 0.0, 10.0, False), ("--noise-decay", self.noise_decay, 0.0, 1.0, True),
             ("--gamma", self.gamma, 0.0, 1.0, False), ("--exploit-fraction", self.exploit_fraction, 0.0, 0.99, False),
+            ("--exploit-sigma", self.exploit_sigma, 0.0, 2.0, True), ("--exploit-layers", self.exploit_layers, 0.0, 1.0, True),
         ):
             above_low = value is not None and (value > low if low_open else value >= low)
             if value is not None and not (math.isfinite(value) and above_low and value <= high):
@@ -174,8 +180,9 @@ class SearchConfig:
         identity["env_kwargs"] = loads_json(self.env_kwargs) if self.env_kwargs else {}
         identity["hyperparams"] = {k.strip(): repr(v) for k, v in self.hyperparam_overrides().items()}
         identity["hyperparams_path"] = str(Path(self.hyperparams_path).resolve()) if self.hyperparams_path else None
-        if self.bc_steps == GuideSettings.bc_steps:  # the default: runs made before the option existed resume
-            identity["bc_steps"] = None
+        for key in ("bc_steps", "exploit_sigma", "exploit_layers"):
+            if getattr(self, key) == getattr(GuideSettings, key):  # the default: runs made before the option resume
+                identity[key] = None
         if self.algo != "two-step":
             identity["stage_algo"] = identity["prune_target"] = None
         if env is not None:
@@ -192,12 +199,13 @@ class SearchConfig:
         )
 
     def guide_settings(self) -> GuideSettings:
-        """The prior-guided search of ``--guide``, ``--guide-priors``, ``--exploit-fraction`` and ``--bc-steps``."""
+        """The prior-guided search of ``--guide``, ``--guide-priors``, ``--exploit-*`` and ``--bc-steps``."""
         if not self.guide:
             return GuideSettings.off()
         priors = tuple(p.strip() for p in self.guide_priors.split(",") if p.strip())
         try:
-            return GuideSettings(priors=priors, exploit_fraction=self.exploit_fraction, bc_steps=self.bc_steps)
+            return GuideSettings(priors=priors, exploit_fraction=self.exploit_fraction, bc_steps=self.bc_steps,
+                                 exploit_sigma=self.exploit_sigma, exploit_layers=self.exploit_layers)
         except ValueError as err:
             raise ValueError(f"--guide-priors / --exploit-fraction: {err}") from None
 

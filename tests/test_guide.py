@@ -119,12 +119,19 @@ def test_guide_settings_are_checked():
         make_agent("ppo", guide=GuideSettings())
 
 
-def test_search_cli_sets_each_part_of_the_guide():
+def test_search_cli_sets_each_part_of_the_guide(capsys: pytest.CaptureFixture[str]):
     from agents.search import parse_args
 
     config = parse_args(["--bc-steps", "0", "--exploit-fraction", "0", "--guide-priors", "uniform"])
     assert config.guide_settings() == GuideSettings(priors=("uniform",), bc_steps=0, exploit_fraction=0.0)
     assert config.identity()["bc_steps"] == 0 and parse_args([]).identity()["bc_steps"] is None  # old runs resume
+    finer = parse_args(["--exploit-sigma", "0.08", "--exploit-layers", "0.15"])
+    assert finer.guide_settings() == GuideSettings(exploit_sigma=0.08, exploit_layers=0.15)
+    assert finer.identity()["exploit_sigma"] == 0.08 and parse_args([]).identity()["exploit_layers"] is None
+    for option, value in (("--exploit-sigma", "0"), ("--exploit-sigma", "nan"), ("--exploit-layers", "1.5")):
+        with pytest.raises(SystemExit):
+            parse_args([option, value])
+        assert f"{option} must be a number in" in capsys.readouterr().err
     assert parse_args(["--no-guide", "--bc-steps", "0"]).guide_settings() == GuideSettings.off()
     with pytest.raises(SystemExit):
         parse_args(["--bc-steps", "-1"])
