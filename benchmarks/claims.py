@@ -13,10 +13,12 @@ Rows (each with the command that produced its numbers, the seeds, and mean ± sa
     (``--skynet FILE``: a JSON list of rows with ``claim``, ``measured``, ``command``, ``seeds``).
 
 Rows (b) and (c) read leaderboard CSVs (``--leaderboard DIR [DIR ...]``, each holding ``leaderboard.csv``; the
-same run in two of them is refused): the numbers are never re-typed, and a missing entry or fewer than 3 held-out
-seeds is written as "not measured" with the reason. Row (b) is written for the CIFAR-10 size-1/8 entry and for every
-other entry with 3 held-out runs of both agents. After the rows, the held-out leaderboard table of every entry
-found, each with the command that made it.
+same run with the same fine-tune budget in two of them is refused): the numbers are never re-typed, and a missing
+entry or fewer than 3 held-out seeds is written as "not measured" with the reason. Row (b) is written for the CIFAR-10
+size-1/8 entry and for every other entry with 3 held-out runs of both agents. The same runs may be measured after
+several fine-tune budgets (a leaderboard run with ``--finetune-epochs/--finetune-samples`` into another folder): rows
+(b) and (c) and the tables then come once per budget, never mixing two. After the rows, the held-out leaderboard
+table of every entry and budget found, each with the command that made it.
 
     python -m benchmarks.claims --leaderboard runs/lb-cifar runs/lb-embedded   # SkyNet: benchmarks/results/skynet_claim.json
 """
@@ -34,15 +36,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ajpq_env.fileio import loads_json
+from ajpq_env.fileio import atomic_write, loads_json
 
 __all__ = ["Board", "ClaimRow", "ClaimsConfig", "held_out_tables", "joint_vs_two_step", "joint_vs_two_step_rows", "main",
-           "render", "suite_of", "within_one_point", "zero_bit_rows"]
+           "render", "suite_of", "within_one_point", "within_one_point_rows", "zero_bit_rows"]
 
 RESULTS = Path(__file__).parent / "results" / "CLAIMS.md"
 #: the SkyNet claim run's rows (measured by the commands they name; a search + fine-tune takes about 40 min on 2 cores)
 SKYNET_ROWS = Path(__file__).parent / "results" / "skynet_claim.json"
 JOINT_AGENT, TWO_STEP = "td3-twolevel", "two-step"
+#: a fine-tune budget: (epochs, samples per epoch or None for the whole train split)
+Budget = tuple[int, int | None]
 LEADERBOARD_CMD = ("python -m benchmarks.leaderboard --suite {suite} --entries {entry} --agents {agents} "
                    "--seeds held-out --workers 2 --threads 1 --out {out}")
 #: the entry of row (b) that is always written (as "not measured" when the leaderboard lacks it)
@@ -119,11 +123,17 @@ class Board:
     rows: list = field(default_factory=list)
     source: dict = field(default_factory=dict)
 
+    @staticmethod
+    def run_key(row) -> tuple:  # noqa: ANN001 (a LeaderboardRow)
+        """A run measured after one fine-tune budget: (entry, agent, seed, epochs, samples)."""
+        return (*row.key, *budget_of(row))
+
     @classmethod
     def read(cls, folders: Sequence[Path]) -> Board:
         """The rows of ``FOLDER/leaderboard.csv`` of every folder (the later row of a run a CSV holds twice).
 
-        :raises ValueError: one run (entry, agent, seed) in two folders: which one a claim should quote is unclear
+        :raises ValueError: one run (entry, agent, seed) with the same fine-tune budget in two folders: which one a
+            claim should quote is unclear
         """
         from benchmarks.leaderboard.rows import read_rows
         from benchmarks.leaderboard.table import latest_per_key
@@ -131,24 +141,55 @@ class Board:
         board = cls()
         for folder in folders:
             for row in latest_per_key(read_rows(Path(folder) / "leaderboard.csv")):
-                if row.key in board.source:
-                    raise ValueError(f"run {row.key} is in both {str(board.source[row.key])!r} and {str(folder)!r}; "
-                                     "pass each run's leaderboard once")
-                board.source[row.key] = Path(folder)
+                key = cls.run_key(row)
+                if key in board.source:
+                    raise ValueError(f"run {row.key} ({describe(budget_of(row))}) is in both "
+                                     f"{str(board.source[key])!r} and {str(folder)!r}; pass each run's leaderboard once")
+                board.source[key] = Path(folder)
                 board.rows.append(row)
         return board
 
-    def out(self, entry: str) -> Path:
-        """The folder of ``entry``'s runs (the first found; ``runs/leaderboard`` for an entry not run)."""
+    def out(self, entry: str, budget: Budget | None = None) -> Path:
+        """The folder of ``entry``'s runs (after ``budget`` when given; the first found; ``runs/leaderboard`` for an
+        entry not run)."""
         default = Path("runs/leaderboard")
-        return next((self.source.get(r.key, default) for r in self.rows if r.entry == entry), default)
+        return next((self.source.get(self.run_key(r), default) for r in self.rows
+                     if r.entry == entry and budget in (None, budget_of(r))), default)
+
+    def budgets(self, entry: str, agent: str | None = None) -> list[Budget]:
+        """The fine-tune budgets of ``entry``'s held-out runs (of ``agent`` when given), in order of appearance."""
+        return list(dict.fromkeys(budget_of(r) for r in self.rows if r.entry == entry and r.seed_set == "held-out"
+                                  and agent in (None, r.agent)))
 
     def entries(self) -> list[str]:
         """Entries with held-out runs, in the order of first appearance."""
         return list(dict.fromkeys(r.entry for r in self.rows if r.seed_set == "held-out"))
 
-    def command(self, entry: str, agents: str) -> str:
-        return LEADERBOARD_CMD.format(suite=suite_of(entry), entry=entry, agents=agents, out=self.out(entry))
+    def command(self, entry: str, agents: str, budget: Budget | None = None) -> str:
+        """The leaderboard command of ``entry``'s runs; with the fine-tune options when ``budget`` is not the
+        entry's own."""
+        command = LEADERBOARD_CMD.format(suite=suite_of(entry), entry=entry, agents=agents,
+                                         out=self.out(entry, budget))
+        if budget is not None and budget != entry_budget(entry):
+            epochs, samples = budget
+            command += f" --finetune-epochs {epochs} --finetune-samples {samples or 0}"
+        return command
+
+
+def budget_of(row) -> Budget:  # noqa: ANN001 (a LeaderboardRow)
+    return (row.finetune_epochs, row.finetune_samples)
+
+
+def describe(budget: Budget) -> str:
+    return f"{budget[0]} epochs x {budget[1] or 'all'} samples"
+
+
+def entry_budget(entry: str) -> Budget | None:
+    """The fine-tune budget a suite gives ``entry`` (``None`` for an entry of no suite)."""
+    from benchmarks.leaderboard.suites import SUITES
+
+    found = next((e for s in SUITES.values() for e in s.entries if e.name == entry), None)
+    return None if found is None else (found.finetune_epochs, found.finetune_samples)
 
 
 def suite_of(entry: str) -> str:
@@ -159,19 +200,31 @@ def suite_of(entry: str) -> str:
     return min(holding, key=lambda s: len(s.entries)).name if holding else "default"
 
 
-def _held_out(rows: list, entry: str, agent: str) -> list:
-    return [r for r in rows if r.entry == entry and r.agent == agent and r.seed_set == "held-out" and r.found]
+def _held_out(rows: list, entry: str, agent: str, budget: Budget | None = None) -> list:
+    return [r for r in rows if r.entry == entry and r.agent == agent and r.seed_set == "held-out" and r.found
+            and budget in (None, budget_of(r))]
 
 
-def joint_vs_two_step(board: Board, entry: str = MAIN_ENTRY) -> ClaimRow:
-    """Row (b): test after the equal fine-tune, joint agent vs two-step, held-out seeds."""
-    joint, two = _held_out(board.rows, entry, JOINT_AGENT), _held_out(board.rows, entry, TWO_STEP)
-    command = board.command(entry, f"{JOINT_AGENT} {TWO_STEP}")
+def _only_budget(board: Board, entry: str, budget: Budget | None) -> Budget | None:
+    """``budget``, or the single budget of ``entry``'s held-out runs; two or more without a choice: ValueError."""
+    found = board.budgets(entry)
+    if budget is None and len(found) > 1:
+        raise ValueError(f"{entry}: runs after several fine-tune budgets ({', '.join(map(describe, found))}); "
+                         "name one")
+    return budget if budget is not None else (found[0] if found else None)
+
+
+def joint_vs_two_step(board: Board, entry: str = MAIN_ENTRY, budget: Budget | None = None) -> ClaimRow:
+    """Row (b): test after the equal fine-tune (``budget``; default the entry's only one), joint agent vs two-step,
+    held-out seeds."""
+    budget = _only_budget(board, entry, budget)
+    joint, two = _held_out(board.rows, entry, JOINT_AGENT, budget), _held_out(board.rows, entry, TWO_STEP, budget)
+    command = board.command(entry, f"{JOINT_AGENT} {TWO_STEP}", budget)
     if len(joint) < 3 or len(two) < 3:
         return ClaimRow("joint (one search) beats prune-then-quantize at equal size", "not measured: fewer than 3 "
                         f"held-out runs of each agent in {entry} ({len(joint)}, {len(two)})", command)
     ft = joint[0]
-    budget = f"{ft.finetune_epochs} epochs x {ft.finetune_samples or 'all'} samples"
+    budget = describe(budget_of(ft))
     gap = statistics.fmean(r.test_metric for r in joint) - statistics.fmean(r.test_metric for r in two)
     return ClaimRow(
         f"joint (one search) beats prune-then-quantize at equal {ft.resource}",
@@ -185,16 +238,24 @@ def joint_vs_two_step(board: Board, entry: str = MAIN_ENTRY) -> ClaimRow:
 
 
 def joint_vs_two_step_rows(board: Board) -> list[ClaimRow]:
-    """Row (b) for :data:`MAIN_ENTRY` and for every other entry with 3 held-out runs of both agents."""
-    others = [e for e in board.entries() if e != MAIN_ENTRY
-              and min(len(_held_out(board.rows, e, a)) for a in (JOINT_AGENT, TWO_STEP)) >= 3]
-    return [joint_vs_two_step(board, entry) for entry in (MAIN_ENTRY, *others)]
+    """Row (b) for :data:`MAIN_ENTRY` and for every other entry with 3 held-out runs of both agents, once per
+    fine-tune budget with 3 runs of both."""
+    rows = []
+    for entry in dict.fromkeys((MAIN_ENTRY, *board.entries())):
+        budgets = [b for b in board.budgets(entry)
+                   if min(len(_held_out(board.rows, entry, a, b)) for a in (JOINT_AGENT, TWO_STEP)) >= 3]
+        if entry == MAIN_ENTRY and not budgets:
+            budgets = board.budgets(entry)[:1] or [None]
+        rows += [joint_vs_two_step(board, entry, b) for b in budgets]
+    return rows
 
 
-def within_one_point(board: Board, entry: str, label: str) -> ClaimRow:
-    """Row (c): the fine-tuned joint recipe of ``entry`` against FP32 test accuracy, held-out seeds."""
-    joint = _held_out(board.rows, entry, JOINT_AGENT)
-    command = board.command(entry, JOINT_AGENT)
+def within_one_point(board: Board, entry: str, label: str, budget: Budget | None = None) -> ClaimRow:
+    """Row (c): the fine-tuned joint recipe of ``entry`` (after ``budget``; default the entry's only one) against
+    FP32 test accuracy, held-out seeds."""
+    budget = _only_budget(board, entry, budget)
+    joint = _held_out(board.rows, entry, JOINT_AGENT, budget)
+    command = board.command(entry, JOINT_AGENT, budget)
     claim = f"{label} smaller weights within 1 pt of FP32 after fine-tuning"
     if len(joint) < 3:
         return ClaimRow(claim, f"not measured: {len(joint)} held-out runs of {JOINT_AGENT} in {entry}", command)
@@ -212,6 +273,11 @@ def within_one_point(board: Board, entry: str, label: str) -> ClaimRow:
     )
 
 
+def within_one_point_rows(board: Board, entry: str, label: str) -> list[ClaimRow]:
+    """Row (c) of ``entry`` once per fine-tune budget of its joint runs ("not measured" when there is none)."""
+    return [within_one_point(board, entry, label, b) for b in board.budgets(entry, JOINT_AGENT) or [None]]
+
+
 # ---------------------------------------------------------------------- the file
 def held_out_tables(board: Board) -> list[str]:
     """The held-out leaderboard section of every entry of ``board``, each after the command that made it."""
@@ -219,10 +285,11 @@ def held_out_tables(board: Board) -> list[str]:
 
     lines = []
     for entry in board.entries():
-        rows = [r for r in board.rows if r.entry == entry and r.seed_set == "held-out"]
-        section = entry_sections(rows)
-        agents = " ".join(dict.fromkeys(r.agent for r in rows))
-        lines += ["#" + section[0], "", f"`{board.command(entry, agents)}`", *section[1:]]
+        for budget in board.budgets(entry):
+            rows = [r for r in board.rows if r.entry == entry and r.seed_set == "held-out" and budget_of(r) == budget]
+            section = entry_sections(rows)
+            agents = " ".join(dict.fromkeys(r.agent for r in rows))
+            lines += ["#" + section[0], "", f"`{board.command(entry, agents, budget)}`", *section[1:]]
     return ["## Held-out leaderboard tables", "", *lines, LEGEND, ""] if lines else []
 
 
@@ -263,8 +330,8 @@ def build(config: ClaimsConfig) -> tuple[list[ClaimRow], list[str]]:
     rows = [zero_bit_rows(config.zero_bit_seeds)]
     board = Board.read(config.leaderboard)
     rows += joint_vs_two_step_rows(board)
-    rows.append(within_one_point(board, "cifar10-mobilenet_v2/size-0.2", "5x"))
-    rows.append(within_one_point(board, "cifar10-mobilenet_v2/size-0.1", "10x"))
+    rows += within_one_point_rows(board, "cifar10-mobilenet_v2/size-0.2", "5x")
+    rows += within_one_point_rows(board, "cifar10-mobilenet_v2/size-0.1", "10x")
     rows.extend(_skynet_rows(config.skynet))
     return rows, held_out_tables(board)
 
@@ -290,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     args.out.parent.mkdir(parents=True, exist_ok=True)
     text = render(rows, tables)
-    args.out.write_text(text)
+    atomic_write(args.out, text)
     print(text)
     print(f"wrote {args.out}")
     return 0

@@ -16,6 +16,7 @@ from benchmarks.claims import (
     render,
     suite_of,
     within_one_point,
+    within_one_point_rows,
 )
 from benchmarks.leaderboard.rows import COLUMNS, LeaderboardRow
 
@@ -103,7 +104,9 @@ def test_boards_of_several_folders_merge_and_a_run_in_two_is_refused(tmp_path):
     tables = "\n".join(held_out_tables(board))
     assert tables.startswith("## Held-out leaderboard tables")
     assert f"### {bitops}: held-out seeds 100, 101, 102" in tables and "tuning seeds" not in tables
-    assert f"--out {tmp_path / 'b'}`" in tables and "Only held-out sections" in tables
+    # the embedded suite fine-tunes on the whole train split: these runs' 10,000-sample budget is named
+    assert f"--out {tmp_path / 'b'} --finetune-epochs 2 --finetune-samples 10000`" in tables
+    assert f"--out {tmp_path / 'a'}`" in tables and "Only held-out sections" in tables
     with pytest.raises(ValueError, match="is in both"):
         Board.read([tmp_path / "a", tmp_path / "b", tmp_path / "a"])
 
@@ -118,3 +121,28 @@ def test_main_reads_several_leaderboards_into_the_file(tmp_path):
     text = out.read_text()
     assert "+0.00 pt" in text and "(-0.50 pt, within 1 pt)" in text  # (b) from a, 10x row from b
     assert "### cifar10-mobilenet_v2/size-0.1: held-out seeds" in text and text.count("not measured") == 2
+
+
+def test_the_same_runs_after_two_fine_tune_budgets_give_one_row_and_table_each(tmp_path):
+    entry = "cifar10-mobilenet_v2/size-0.1"
+    short = [_row("td3-twolevel", s, 0.797, entry=entry) for s in (100, 101, 102)]
+    long = [_row("td3-twolevel", s, 0.811, entry=entry) for s in (100, 101, 102)]
+    for row in long:
+        row.finetune_epochs, row.finetune_samples = 4, None
+    _write_board(tmp_path / "a", short)
+    _write_board(tmp_path / "b", long)
+    board = Board.read([tmp_path / "a", tmp_path / "b"])  # same (entry, agent, seed), other budget: not a clash
+    assert board.budgets(entry) == [(2, 10_000), (4, None)]
+    rows = within_one_point_rows(board, entry, "10x")
+    assert len(rows) == 2
+    assert "(-0.30 pt, within 1 pt) after 2 epochs x 10000 samples" in rows[0].measured
+    assert "(+1.10 pt, within 1 pt) after 4 epochs x all samples" in rows[1].measured
+    assert rows[0].command.endswith(f"--out {tmp_path / 'a'}")  # the suite's own budget: no options
+    assert rows[1].command.endswith(f"--out {tmp_path / 'b'} --finetune-epochs 4 --finetune-samples 0")
+    with pytest.raises(ValueError, match="several fine-tune budgets"):
+        within_one_point(board, entry, "10x")  # never a mean over two budgets
+    tables = "\n".join(held_out_tables(board))
+    assert tables.count(f"### {entry}: held-out seeds 100, 101, 102") == 2
+    assert "Equal fine-tune: 4 epoch(s) x the train split" in tables
+    with pytest.raises(ValueError, match=r"\(4 epochs x all samples\) is in both"):
+        Board.read([tmp_path / "b", tmp_path / "b"])
