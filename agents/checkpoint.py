@@ -34,6 +34,7 @@ import io
 import json
 import math
 import os
+import platform
 import random
 import re
 import shutil
@@ -62,6 +63,7 @@ __all__ = [
     "check_new_run_folder",
     "compare_identity",
     "load_rng",
+    "package_versions",
     "read_csv_rows",
     "read_manifest",
     "read_run_marker",
@@ -151,10 +153,29 @@ def check_new_run_folder(out: Path) -> None:
         raise ValueError(f"--out {str(out)!r} cannot be created: {str(parent)!r} is not writable")
 
 
+#: the distributions whose versions shape a search's trajectory (recorded in the run marker, not compared on resume)
+TRAJECTORY_PACKAGES = ("ajpq-env", "torch", "numpy", "gymnasium", "stable-baselines3", "sb3-contrib", "torch-pruning")
+
+
+def package_versions() -> dict[str, str | None]:
+    """Python's and :data:`TRAJECTORY_PACKAGES`' versions (``None``: not installed): the same command gives the same
+    episodes only with the same versions, so a run records them beside its options."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found: dict[str, str | None] = {"python": platform.python_version()}
+    for name in TRAJECTORY_PACKAGES:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            found[name] = None
+    return found
+
+
 def write_run_marker(out: Path, identity: dict[str, Any]) -> None:
-    """Create ``out`` and write its run marker (the run's resolved options)."""
+    """Create ``out`` and write its run marker (the run's resolved options and the package versions it ran with)."""
     out.mkdir(parents=True, exist_ok=True)
-    data = {"format": RUN_FORMAT, "identity": _jsonable(identity), "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
+    data = {"format": RUN_FORMAT, "identity": _jsonable(identity), "versions": package_versions(),
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write(out / RUN_MARKER, json.dumps(data, indent=1))
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import importlib.metadata
 import json
 import os
 import pickle
@@ -218,6 +219,11 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_zero(tmp_path, c
         f.write(b"synthetic,3,joint")
     assert search_main([*options, "--out", str(out)]) == 2
     assert "already holds a search; pass --resume" in capsys.readouterr().err
+    # the marker records the versions the run was made with; other versions do not refuse a resume (only options do)
+    marker = json.loads((out / RUN_MARKER).read_text())
+    assert marker["versions"]["torch"] == importlib.metadata.version("torch") and "stable-baselines3" in marker["versions"]
+    marker["versions"]["torch"] = "0.0.1"
+    (out / RUN_MARKER).write_text(json.dumps(marker))
     assert search_main([*options, "--out", str(out), "--resume"]) == 0
     assert rows(out) == rows(whole)
 
