@@ -188,8 +188,11 @@ def entry_budget(entry: str) -> Budget | None:
     """The fine-tune budget a suite gives ``entry`` (``None`` for an entry of no suite)."""
     from benchmarks.leaderboard.suites import SUITES
 
-    found = next((e for s in SUITES.values() for e in s.entries if e.name == entry), None)
-    return None if found is None else (found.finetune_epochs, found.finetune_samples)
+    try:
+        found = SUITES[suite_of(entry)].entry(entry)
+    except KeyError:
+        return None
+    return (found.finetune_epochs, found.finetune_samples)
 
 
 def suite_of(entry: str) -> str:
@@ -224,11 +227,10 @@ def joint_vs_two_step(board: Board, entry: str = MAIN_ENTRY, budget: Budget | No
         return ClaimRow("joint (one search) beats prune-then-quantize at equal size", "not measured: fewer than 3 "
                         f"held-out runs of each agent in {entry} ({len(joint)}, {len(two)})", command)
     ft = joint[0]
-    budget = describe(budget_of(ft))
     gap = statistics.fmean(r.test_metric for r in joint) - statistics.fmean(r.test_metric for r in two)
     return ClaimRow(
         f"joint (one search) beats prune-then-quantize at equal {ft.resource}",
-        f"{entry}: test after the equal fine-tune ({budget}) {JOINT_AGENT} {_mean_std([r.test_metric for r in joint])}"
+        f"{entry}: test after the equal fine-tune ({describe(budget_of(ft))}) {JOINT_AGENT} {_mean_std([r.test_metric for r in joint])}"
         f" vs {TWO_STEP} {_mean_std([r.test_metric for r in two])} ({gap * 100:+.2f} pt); search metric "
         f"{_mean_std([r.metric for r in joint])} vs {_mean_std([r.metric for r in two])}; {ft.resource} ratios "
         f"{statistics.fmean(r.resource_ratio for r in joint):.4f} vs "
