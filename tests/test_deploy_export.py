@@ -119,6 +119,15 @@ def test_evaluate_artefact_runs_both_runtimes(deploy_task, deploy_recipe, tmp_pa
         evaluate_artefact(tmp_path / "model.ajpq", deploy_task.splits["test"], onnx_path=tmp_path / "missing.onnx")
 
 
+def test_evaluate_refuses_data_of_another_shape(deploy_task, deploy_recipe, tmp_path):
+    graph = CompressionGraph(deploy_task.model, deploy_task.example_input())
+    export_model(_deployable(deploy_task, graph, deploy_recipe), Architecture.from_task(deploy_task), tmp_path,
+                 onnx_format=None)
+    other = synthetic_task(input_shape=(3, 12, 12)).splits["test"]  # same channels: the model would run on it
+    with pytest.raises(ValueError, match=r"exported for inputs of shape \[3, 16, 16\].*shape \[3, 12, 12\]"):
+        evaluate_artefact(tmp_path / "model.ajpq", other)
+
+
 def test_finetuned_model_exports_exactly(deploy_task, deploy_recipe, tmp_path):
     tuned = finetune(deploy_task, deploy_recipe, FinetuneConfig(epochs=1, batch_size=32, lr=0.05, progress=False,
                                                                  evaluate_baselines=False, evaluate_search=False))

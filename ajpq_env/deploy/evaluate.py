@@ -117,6 +117,13 @@ def evaluate_artefact(
     metric = get_metric(metric) if isinstance(metric, str) else metric
     path = Path(path)
     header, offset = packed.read_header(path)
+    # read_header ties a known task's input to the task; a synthetic task's (or another data set's) is checked here,
+    # since the model's adaptive pooling would otherwise score data of another shape without a word
+    sample = tuple(split.batch(np.arange(1))[0].shape[1:]) if len(split) else None
+    if sample is not None and list(sample) != list(header["input_shape"][1:]):
+        raise ValueError(f"artefact {str(path)!r} was exported for inputs of shape {list(header['input_shape'][1:])} "
+                         f"(C, H, W), but the {split_name} split holds samples of shape {list(sample)}; evaluate it on "
+                         "the data of the task it was searched on")
     policy = Policy.from_dict(header["recipe"])
     architecture = Architecture(str(policy.meta.get("task", "")), header["builder"], header["builder_kwargs"],
                                 tuple(header["input_shape"][1:]), header.get("importance", "l1"))
