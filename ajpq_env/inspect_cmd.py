@@ -13,7 +13,9 @@ from rich.table import Table
 
 from ajpq_env.compression import CompressionGraph, CostModel
 from ajpq_env.models import MODELS, build_model
-from ajpq_env.models.registry import MAX_INPUT_SIDE  # the largest side an artefact or checkpoint may name
+
+# the bounds an artefact or checkpoint may name: inspect takes the same, so what it shows can also be loaded
+from ajpq_env.models.registry import MAX_IN_CHANNELS, MAX_INPUT_SIDE, MAX_NUM_CLASSES, MAX_WIDTH_MULT
 
 __all__ = ["envs_main", "main"]
 
@@ -32,8 +34,9 @@ def _shape(text: str) -> tuple[int, int, int]:
         c, h, w = (int(v) for v in text.lower().split("x"))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected CxHxW such as 3x32x32, got {text!r}") from None
-    if not (1 <= c <= 64 and 1 <= h <= MAX_INPUT_SIDE and 1 <= w <= MAX_INPUT_SIDE):
-        raise argparse.ArgumentTypeError(f"expected C in 1..64 and H, W in 1..{MAX_INPUT_SIDE} (such as 3x32x32), got {text!r}")
+    if not (1 <= c <= MAX_IN_CHANNELS and 1 <= h <= MAX_INPUT_SIDE and 1 <= w <= MAX_INPUT_SIDE):
+        raise argparse.ArgumentTypeError(f"expected C in 1..{MAX_IN_CHANNELS} and H, W in 1..{MAX_INPUT_SIDE} "
+                                         f"(such as 3x32x32), got {text!r}")
     return c, h, w
 
 
@@ -42,8 +45,8 @@ def _width(text: str) -> float:
         value = float(text)
     except ValueError:
         value = math.nan
-    if not 0 < value <= 4:  # NaN fails too
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 4] such as 0.5, got {text!r}")
+    if not 0 < value <= MAX_WIDTH_MULT:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"expected a number in (0, {MAX_WIDTH_MULT:g}] such as 0.5, got {text!r}")
     return value
 
 
@@ -52,8 +55,8 @@ def _classes(text: str) -> int:
         value = int(text)
     except ValueError:
         value = 0
-    if not 1 <= value <= 100_000:
-        raise argparse.ArgumentTypeError(f"expected an integer in 1..100000, got {text!r}")
+    if not 1 <= value <= MAX_NUM_CLASSES:
+        raise argparse.ArgumentTypeError(f"expected an integer in 1..{MAX_NUM_CLASSES}, got {text!r}")
     return value
 
 

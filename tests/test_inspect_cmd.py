@@ -34,15 +34,17 @@ def test_inspect_table_and_envs_print(capsys):
     [
         (["--width-mult", "0"], "--width-mult: expected a number in (0, 4]"),
         (["--width-mult", "nan"], "--width-mult: expected a number in (0, 4]"),
-        (["--num-classes", "-3"], "--num-classes: expected an integer in 1..100000"),
-        (["--input", "3x0x32"], "--input: expected C in 1..64 and H, W in 1..1024"),
-        (["--input", "3x99999x99999"], "--input: expected C in 1..64 and H, W in 1..1024"),
+        (["--num-classes", "-3"], "--num-classes: expected an integer in 1..10000"),
+        (["--num-classes", "20000"], "--num-classes: expected an integer in 1..10000"),
+        (["--input", "3x0x32"], "--input: expected C in 1..16 and H, W in 1..1024"),
+        (["--input", "3x99999x99999"], "--input: expected C in 1..16 and H, W in 1..1024"),
+        (["--input", "32x32x32"], "--input: expected C in 1..16 and H, W in 1..1024"),
         (["--model", "resnet20", "--width-mult", "0.5"], "--width-mult does not apply to resnet20"),
         (["--model", "skynet", "--num-classes", "3"], "--num-classes does not apply to skynet"),
         (["--model", "resnet20", "--input", "1x32x32"], "cannot trace resnet20 on a 1x32x32 input"),
         (["--model", "skynet", "--input", "1x160x320"], "cannot trace skynet on a 1x160x320 input"),
     ],
-    ids=["width-zero", "width-nan", "classes", "input-zero", "input-huge", "width-resnet", "classes-skynet",
+    ids=["width-zero", "width-nan", "classes", "classes-large", "input-zero", "input-huge", "input-channels", "width-resnet", "classes-skynet",
          "channels-resnet", "channels-skynet"],
 )
 def test_inspect_bad_options_are_usage_errors(options, message, capsys):
