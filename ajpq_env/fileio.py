@@ -15,9 +15,9 @@ from __future__ import annotations
 import csv
 import json
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 __all__ = ["MAX_CSV_FIELD", "atomic_write", "check_int", "csv_dicts", "csv_fields", "csv_header", "loads_json"]
 
@@ -74,16 +74,23 @@ def csv_header(lines: Iterable[str]) -> list[str]:
         raise ValueError(f"line 1: not a CSV header ({err})") from None
 
 
-def atomic_write(path: str | os.PathLike[str], data: str | bytes) -> Path:
+def atomic_write(path: str | os.PathLike[str], data: str | bytes | Callable[[IO[bytes]], object]) -> Path:
     """Write ``data`` to ``path`` through a temporary file beside it, renamed into place; on any error the
-    temporary file is removed and the error raised (``path`` keeps its old content)."""
+    temporary file is removed and the error raised (``path`` keeps its old content).
+
+    :param data: text (UTF-8), bytes, or a function that writes into the open binary file (such as
+        ``lambda f: np.savez(f, **arrays)``, which then streams instead of building the bytes in memory)
+    """
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         if isinstance(data, str):
             tmp.write_text(data, encoding="utf-8")
-        else:
+        elif isinstance(data, bytes):
             tmp.write_bytes(data)
+        else:
+            with open(tmp, "wb") as f:
+                data(f)
         os.replace(tmp, path)
     except BaseException:
         tmp.unlink(missing_ok=True)

@@ -112,6 +112,16 @@ def test_atomic_write_replaces_whole_or_leaves_the_old_file_and_no_temporary(tmp
         atomic_write(tmp_path / "folder", "x")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "folder"]
 
+    def half_then_fail(f):  # noqa: ANN001, ANN202 (a streaming writer that fails part-way)
+        f.write(b"partial")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError, match="No space"):
+        atomic_write(path, half_then_fail)
+    assert path.read_text() == "new" and sorted(p.name for p in tmp_path.iterdir()) == ["a.json", "folder"]
+    atomic_write(path, lambda f: f.write(b"streamed"))
+    assert path.read_text() == "streamed"
+
 
 def test_a_recipe_and_a_truncated_episodes_csv_are_written_whole_or_not_at_all(tmp_path: Path,
                                                                              monkeypatch: pytest.MonkeyPatch):

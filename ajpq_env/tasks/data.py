@@ -15,7 +15,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import importlib.resources
-import io
 import itertools
 import os
 import pickle
@@ -104,9 +103,7 @@ def _write_cache(name: str, **arrays: np.ndarray) -> None:
     directory = cache_dir()
     try:
         directory.mkdir(parents=True, exist_ok=True)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        atomic_write(directory / name, buffer.getvalue())
+        atomic_write(directory / name, lambda f: np.savez(f, **arrays))
     except OSError as err:
         warnings.warn(
             f"could not write the data cache {directory / name} ({err}); data will be decoded again next time. "
