@@ -16,9 +16,10 @@ export AJPQ_WEIGHTS ?= $(SHARED_DATA)/weights
 export AJPQ_DETECTION ?= $(SHARED_DATA)/detection
 endif
 
-$(STAMP): setup.cfg pyproject.toml
+# within constraints.txt: the versions the benchmark tables were made with (a search's trajectory depends on them)
+$(STAMP): setup.cfg pyproject.toml constraints.txt
 	python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,onnx,ray]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev,onnx,ray]"
 	touch $(STAMP)
 
 demo: $(STAMP)
