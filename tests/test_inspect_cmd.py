@@ -44,8 +44,8 @@ def test_inspect_table_and_envs_print(capsys):
         (["--model", "resnet20", "--input", "1x32x32"], "cannot trace resnet20 on a 1x32x32 input"),
         (["--model", "skynet", "--input", "1x160x320"], "cannot trace skynet on a 1x160x320 input"),
     ],
-    ids=["width-zero", "width-nan", "classes", "classes-large", "input-zero", "input-huge", "input-channels", "width-resnet", "classes-skynet",
-         "channels-resnet", "channels-skynet"],
+    ids=["width-zero", "width-nan", "classes", "classes-large", "input-zero", "input-huge", "input-channels",
+         "width-resnet", "classes-skynet", "channels-resnet", "channels-skynet"],
 )
 def test_inspect_bad_options_are_usage_errors(options, message, capsys):
     with pytest.raises(SystemExit) as exit_:

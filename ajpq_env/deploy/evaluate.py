@@ -117,16 +117,17 @@ def evaluate_artefact(
     metric = get_metric(metric) if isinstance(metric, str) else metric
     path = Path(path)
     header, offset = packed.read_header(path)
+    shape = list(header["input_shape"][1:])  # one sample's (C, H, W)
     # read_header ties a known task's input to the task; a synthetic task's (or another data set's) is checked here,
     # since the model's adaptive pooling would otherwise score data of another shape without a word
-    sample = tuple(split.batch(np.arange(1))[0].shape[1:]) if len(split) else None
-    if sample is not None and list(sample) != list(header["input_shape"][1:]):
-        raise ValueError(f"artefact {str(path)!r} was exported for inputs of shape {list(header['input_shape'][1:])} "
-                         f"(C, H, W), but the {split_name} split holds samples of shape {list(sample)}; evaluate it on "
-                         "the data of the task it was searched on")
+    sample = list(split.batch(np.arange(1))[0].shape[1:]) if len(split) else shape
+    if sample != shape:
+        raise ValueError(f"artefact {str(path)!r} was exported for inputs of shape {shape} (C, H, W), but the "
+                         f"{split_name} split holds samples of shape {sample}; evaluate it on the data of the task "
+                         "it was searched on")
     policy = Policy.from_dict(header["recipe"])
     architecture = Architecture(str(policy.meta.get("task", "")), header["builder"], header["builder_kwargs"],
-                                tuple(header["input_shape"][1:]), header.get("importance", "l1"))
+                                tuple(shape), header.get("importance", "l1"))
     costs = CostModel(architecture.graph())
     labels = split.labels.numpy()
     logits, seconds = run_torch(packed.load(path), split, batch_size)
