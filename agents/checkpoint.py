@@ -63,6 +63,7 @@ __all__ = [
     "check_new_run_folder",
     "compare_identity",
     "load_rng",
+    "machine_info",
     "package_versions",
     "read_csv_rows",
     "read_manifest",
@@ -171,10 +172,29 @@ def package_versions() -> dict[str, str | None]:
     return found
 
 
+def machine_info() -> dict[str, Any]:
+    """The processor and torch's CPU kernels a run used. With the same code, versions and seed, a learned search's
+    episodes can still part on another machine: the TD3 updates run through MKL and oneDNN, whose kernels depend
+    on the processor, and a last-bit difference in one update grows into another trajectory. So a run records
+    them beside the package versions (the rules' episodes, free of learned updates, stay the same)."""
+    cpu = platform.processor() or platform.machine()
+    try:  # Linux: the model name (platform.processor() is only the architecture there)
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+    except OSError:
+        pass
+    libraries = [line.strip(" -") for line in torch.__config__.show().splitlines()
+                 if "Math Kernel Library" in line or "MKL-DNN" in line or "oneDNN" in line]
+    return {"cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform(),
+            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(), "torch_cpu_libraries": libraries}
+
+
 def write_run_marker(out: Path, identity: dict[str, Any]) -> None:
-    """Create ``out`` and write its run marker (the run's resolved options and the package versions it ran with)."""
+    """Create ``out`` and write its run marker (the run's resolved options, the package versions and the machine it
+    ran with)."""
     out.mkdir(parents=True, exist_ok=True)
     data = {"format": RUN_FORMAT, "identity": _jsonable(identity), "versions": package_versions(),
+            "machine": machine_info(),
             "created": time.strftime("%Y-%m-%dT%H:%M:%S")}
     atomic_write(out / RUN_MARKER, json.dumps(data, indent=1))
 

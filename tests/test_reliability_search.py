@@ -222,7 +222,10 @@ def test_a_run_stopped_before_its_first_checkpoint_resumes_from_zero(tmp_path, c
     # the marker records the versions the run was made with; other versions do not refuse a resume (only options do)
     marker = json.loads((out / RUN_MARKER).read_text())
     assert marker["versions"]["torch"] == importlib.metadata.version("torch") and "stable-baselines3" in marker["versions"]
+    assert marker["machine"]["cpus"] == os.cpu_count() and marker["machine"]["cpu"]
+    assert marker["machine"]["torch_cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     marker["versions"]["torch"] = "0.0.1"
+    marker["machine"] = {"cpu": "another processor"}  # nor does another machine
     (out / RUN_MARKER).write_text(json.dumps(marker))
     assert search_main([*options, "--out", str(out), "--resume"]) == 0
     assert rows(out) == rows(whole)
