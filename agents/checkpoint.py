@@ -178,9 +178,14 @@ def machine_info() -> dict[str, Any]:
     on the processor, and a last-bit difference in one update grows into another trajectory. So a run records
     them beside the package versions (the rules' episodes, free of learned updates, stay the same)."""
     cpu = platform.processor() or platform.machine()
-    try:  # Linux: the model name (platform.processor() is only the architecture there)
+    try:  # Linux: the model name and its vendor/family/model numbers (a virtual machine may say only "AMD EPYC")
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            cpu = next((line.split(":", 1)[1].strip() for line in f if line.startswith("model name")), cpu)
+            first = f.read().split("\n\n", 1)[0]
+        fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
+        fields = {key.strip(): value.strip() for key, value in fields.items()}
+        if "model name" in fields:
+            cpu = fields["model name"] + "".join(f", {key} {fields[key]}" for key in ("vendor_id", "cpu family", "model")
+                                                 if key in fields)
     except OSError:
         pass
     libraries = [line.strip(" -") for line in torch.__config__.show().splitlines()
