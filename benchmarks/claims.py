@@ -235,7 +235,7 @@ def joint_vs_two_step(board: Board, entry: str = MAIN_ENTRY, budget: Budget | No
         f"{_mean_std([r.metric for r in joint])} vs {_mean_std([r.metric for r in two])}; {ft.resource} ratios "
         f"{statistics.fmean(r.resource_ratio for r in joint):.4f} vs "
         f"{statistics.fmean(r.resource_ratio for r in two):.4f}",
-        command, "held-out " + ", ".join(str(r.seed) for r in joint),
+        command, "held-out " + ", ".join(str(seed) for seed in sorted(r.seed for r in joint)),
     )
 
 
@@ -271,7 +271,7 @@ def within_one_point(board: Board, entry: str, label: str, budget: Budget | None
         f"{entry}: size ratio {statistics.fmean(r.size_ratio for r in joint):.4f} "
         f"({1 / statistics.fmean(r.size_ratio for r in joint):.1f}x), test {_mean_std(test)} vs FP32 {fp32:.4f} "
         f"({gap * 100:+.2f} pt, {verdict}) after {ft.finetune_epochs} epochs x {ft.finetune_samples or 'all'} samples",
-        command, "held-out " + ", ".join(str(r.seed) for r in joint),
+        command, "held-out " + ", ".join(str(seed) for seed in sorted(r.seed for r in joint)),
     )
 
 

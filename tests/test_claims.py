@@ -43,6 +43,8 @@ def test_joint_vs_two_step_uses_held_out_seeds_only(tmp_path):
     assert "--suite cifar10 " in row.command and row.claim.endswith("at equal size")
     # fewer than 3 held-out seeds: says so instead of a number
     assert joint_vs_two_step(Board(rows[:2] + rows[3:])).measured.startswith("not measured")
+    # runs finish in any order (parallel workers): the seeds are listed in order
+    assert joint_vs_two_step(Board(rows[::-1])).seeds == "held-out 100, 101, 102"
 
 
 def test_within_one_point_verdict(tmp_path):
@@ -51,6 +53,7 @@ def test_within_one_point_verdict(tmp_path):
     far = [_row("td3-twolevel", s, 0.78, entry=entry) for s in (100, 101, 102)]
     assert "(-0.50 pt, within 1 pt)" in within_one_point(Board(close), entry, "10x").measured
     assert "NOT within 1 pt" in within_one_point(Board(far), entry, "10x").measured
+    assert within_one_point(Board(close[::-1]), entry, "10x").seeds == "held-out 100, 101, 102"
 
 
 def test_main_writes_the_file_and_refuses_a_missing_leaderboard(tmp_path, capsys):
