@@ -48,6 +48,7 @@ import torch
 
 from agents.base import SearchAgent
 from ajpq_env.compression import Policy
+from ajpq_env.compression.latency import cpu_fields
 from ajpq_env.fileio import atomic_write, csv_fields, loads_json
 from ajpq_env.records import EpisodeRecord
 
@@ -177,17 +178,11 @@ def machine_info() -> dict[str, Any]:
     episodes can still part on another machine: the TD3 updates run through MKL and oneDNN, whose kernels depend
     on the processor, and a last-bit difference in one update grows into another trajectory. So a run records
     them beside the package versions (the rules' episodes, free of learned updates, stay the same)."""
+    fields = cpu_fields()
     cpu = platform.processor() or platform.machine()
-    try:  # Linux: the model name and its vendor/family/model numbers (a virtual machine may say only "AMD EPYC")
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            first = f.read().split("\n\n", 1)[0]
-        fields = dict(line.split(":", 1) for line in first.splitlines() if ":" in line)
-        fields = {key.strip(): value.strip() for key, value in fields.items()}
-        if "model name" in fields:
-            cpu = fields["model name"] + "".join(f", {key} {fields[key]}" for key in ("vendor_id", "cpu family", "model")
-                                                 if key in fields)
-    except OSError:
-        pass
+    if "model name" in fields:  # Linux: with the vendor/family/model numbers (a virtual machine may say only "AMD EPYC")
+        cpu = fields["model name"] + "".join(f", {key} {fields[key]}" for key in ("vendor_id", "cpu family", "model")
+                                             if key in fields)
     libraries = [line.strip(" -") for line in torch.__config__.show().splitlines()
                  if "Math Kernel Library" in line or "MKL-DNN" in line or "oneDNN" in line]
     return {"cpu": cpu, "cpus": os.cpu_count(), "platform": platform.platform(),

@@ -58,6 +58,7 @@ __all__ = [
     "default_table_path",
     "kernel_class",
     "layer_shape",
+    "cpu_fields",
     "machine_key",
 ]
 
@@ -82,21 +83,26 @@ def kernel_class(max_bits: int, a_bits: int) -> str:
     return "u8" if max_bits >= 8 else "s8"
 
 
-def _cpu() -> tuple[str, str]:
-    """CPU model name and a digest of its feature flags (``/proc/cpuinfo`` on Linux, ``platform`` elsewhere)."""
-    model, flags = "", ""
+def cpu_fields() -> dict[str, str]:
+    """The fields of ``/proc/cpuinfo``, in file order, each with its first non-empty value (the first processor's);
+    empty where there is no such file (not Linux)."""
+    fields: dict[str, str] = {}
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
             for line in f:
                 key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not model:
-                    model = value.strip()
-                elif key in ("flags", "Features") and not flags:
-                    flags = " ".join(sorted(value.split()))
+                if value.strip():
+                    fields.setdefault(key.strip(), value.strip())
     except OSError:
         pass
-    model = model or platform.processor() or platform.machine()
+    return fields
+
+
+def _cpu() -> tuple[str, str]:
+    """CPU model name and a digest of its feature flags (``/proc/cpuinfo`` on Linux, ``platform`` elsewhere)."""
+    fields = cpu_fields()
+    flags = next((" ".join(sorted(value.split())) for key, value in fields.items() if key in ("flags", "Features")), "")
+    model = fields.get("model name") or platform.processor() or platform.machine()
     return model, hashlib.sha256(flags.encode()).hexdigest()[:16]
 
 
