@@ -166,12 +166,20 @@ class Board:
         return list(dict.fromkeys(r.entry for r in self.rows if r.seed_set == "held-out"))
 
     def command(self, entry: str, agents: str, budget: Budget | None = None) -> str:
-        """The leaderboard command of ``entry``'s runs; with the fine-tune options when ``budget`` is not the
-        entry's own."""
-        command = LEADERBOARD_CMD.format(suite=suite_of(entry), entry=entry, agents=agents,
-                                         out=self.out(entry, budget))
-        if budget is not None and budget != entry_budget(entry):
-            epochs, samples = budget
+        """The leaderboard command that made the folder of ``entry``'s runs (after ``budget``): every entry and agent
+        that folder holds, so that all claims quoting one folder print one command (two commands with one ``--out``
+        would collide: the second stops with "pass --resume"); with the fine-tune options when the folder's budget
+        is not its entries' own. For an entry not run: ``entry`` and ``agents`` into ``runs/leaderboard``."""
+        out = self.out(entry, budget)
+        here = [r for r in self.rows if self.source.get(self.run_key(r)) == out]
+        entries = list(dict.fromkeys(r.entry for r in here)) or [entry]
+        agents = " ".join(dict.fromkeys(r.agent for r in here)) or agents
+        command = LEADERBOARD_CMD.format(suite=suite_of(entry), entry=" ".join(entries), agents=agents, out=out)
+        foreign = next((budget_of(r) for r in here if budget_of(r) != entry_budget(r.entry)), None)
+        if foreign is None and budget is not None and not here and budget != entry_budget(entry):
+            foreign = budget
+        if foreign is not None:
+            epochs, samples = foreign
             command += f" --finetune-epochs {epochs} --finetune-samples {samples or 0}"
         return command
 
@@ -201,6 +209,11 @@ def suite_of(entry: str) -> str:
 
     holding = [s for s in SUITES.values() if any(e.name == entry for e in s.entries)]
     return min(holding, key=lambda s: len(s.entries)).name if holding else "default"
+
+
+def _held_out_seeds(rows: list) -> str:
+    """The seeds column of a claim row: ``rows``' seeds in order (parallel workers finish in any order)."""
+    return "held-out " + ", ".join(str(seed) for seed in sorted(r.seed for r in rows))
 
 
 def _held_out(rows: list, entry: str, agent: str, budget: Budget | None = None) -> list:
@@ -235,7 +248,7 @@ def joint_vs_two_step(board: Board, entry: str = MAIN_ENTRY, budget: Budget | No
         f"{_mean_std([r.metric for r in joint])} vs {_mean_std([r.metric for r in two])}; {ft.resource} ratios "
         f"{statistics.fmean(r.resource_ratio for r in joint):.4f} vs "
         f"{statistics.fmean(r.resource_ratio for r in two):.4f}",
-        command, "held-out " + ", ".join(str(seed) for seed in sorted(r.seed for r in joint)),
+        command, _held_out_seeds(joint),
     )
 
 
@@ -271,7 +284,7 @@ def within_one_point(board: Board, entry: str, label: str, budget: Budget | None
         f"{entry}: size ratio {statistics.fmean(r.size_ratio for r in joint):.4f} "
         f"({1 / statistics.fmean(r.size_ratio for r in joint):.1f}x), test {_mean_std(test)} vs FP32 {fp32:.4f} "
         f"({gap * 100:+.2f} pt, {verdict}) after {ft.finetune_epochs} epochs x {ft.finetune_samples or 'all'} samples",
-        command, "held-out " + ", ".join(str(seed) for seed in sorted(r.seed for r in joint)),
+        command, _held_out_seeds(joint),
     )
 
 

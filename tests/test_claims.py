@@ -149,3 +149,21 @@ def test_the_same_runs_after_two_fine_tune_budgets_give_one_row_and_table_each(t
     assert "Equal fine-tune: 4 epoch(s) x the train split" in tables
     with pytest.raises(ValueError, match=r"\(4 epochs x all samples\) is in both"):
         Board.read([tmp_path / "b", tmp_path / "b"])
+
+
+def test_claims_quoting_one_folder_print_its_one_command(tmp_path):
+    """Two entries and four agents made by one command into one --out: every claim and table of that folder prints
+    that command (per-entry commands with one --out would collide: the second stops with "pass --resume")."""
+    bitops = "cifar10-mobilenet_v2/bitops-0.03"
+    runs = [_row(a, s, 0.80, entry=e) for e in (ENTRY, bitops) for a in ("td3-twolevel", "two-step", "heuristic")
+            for s in (100, 101, 102)]
+    _write_board(tmp_path / "a", runs)
+    board = Board.read([tmp_path / "a"])
+    commands = {r.command for r in joint_vs_two_step_rows(board)}
+    commands |= {line.strip("`") for line in held_out_tables(board) if line.startswith("`python")}
+    assert commands == {f"python -m benchmarks.leaderboard --suite cifar10 --entries {ENTRY} {bitops} --agents "
+                        f"td3-twolevel two-step heuristic --seeds held-out --workers 2 --threads 1 --out {tmp_path / 'a'}"}
+    # an entry no folder holds: its own entry and agents, into the default folder
+    assert board.command("cifar10-resnet20/size-0.125", "td3-twolevel").endswith(
+        "--entries cifar10-resnet20/size-0.125 --agents td3-twolevel --seeds held-out --workers 2 --threads 1 "
+        "--out runs/leaderboard")
