@@ -366,3 +366,47 @@ def test_fixed_pruning_keeps_the_given_channels(tiny_task):
         assert info["budget_met"]
     with pytest.raises(ValueError, match="impossible"):
         AJPQEnv(tiny_task, mode="quant", target=0.01, fixed_pruning=fixed)
+
+
+@pytest.mark.parametrize("mode", ["joint", "quant"])
+def test_last_layer_floor_holds_and_the_budget_is_met(mode):
+    """``last_b_min``: the classifier never goes below it (its proposals are raised, earlier layers clipped to make
+    room), every episode still meets the budget, down to the tightest target the floor allows; ``None`` changes
+    nothing."""
+    task = synthetic_task("mobilenet_v2", input_shape=(3, 8, 8), sizes=(8, 4, 4))
+    rng = np.random.default_rng(0)
+    plain = AJPQEnv(task, mode=mode, target=1.0, cache_size=0)
+    floored = AJPQEnv(task, mode=mode, target=1.0, last_b_min=6, cache_size=0)
+    assert floored.budget.minimum > plain.budget.minimum  # the floor is in the lower bound
+    last = plain.graph.layers[-1].name
+    for target in (floored.budget.minimum / floored.budget.fp32_total * 1.0001, 0.15, 0.5):
+        env = AJPQEnv(task, mode=mode, target=target, last_b_min=6, cache_size=0)
+        env.evaluator = lambda policy: EvalResult(0.0, 0.0, False)  # the budget is under test, not accuracy
+        for episode in range(12):
+            env.reset(seed=episode)
+            terminated = False
+            while not terminated:  # all-high, all-low and random proposals
+                action = [np.ones(5), -np.ones(5), rng.uniform(-1.2, 1.2, 5)][episode % 3]
+                _, _, terminated, _, info = env.step(action)
+            assert info["budget_met"], (target, episode)
+            bits = env.recipe()[last]
+            assert bits.min() >= 6, (target, episode, bits)
+            assert CostModel(env.graph)(env.recipe()).resource("size") == pytest.approx(env.budget.spent)
+    # a floor at b_min is no floor: the same decisions as without one
+    a, b = (AJPQEnv(task, mode=mode, target=0.15, last_b_min=m, cache_size=0) for m in (None, 2))
+    for env in (a, b):
+        env.evaluator = lambda policy: EvalResult(0.0, 0.0, False)
+    actions = [rng.uniform(-1, 1, 5) for _ in plain.graph.layers]
+    assert _rollout(a, actions)[-1][-1]["recipe"]["layers"] == _rollout(b, actions)[-1][-1]["recipe"]["layers"]
+    assert "last_b_min" not in a.spec_kwargs and floored.spec_kwargs["last_b_min"] == 6
+
+
+def test_last_layer_floor_is_checked(tiny_task):
+    with pytest.raises(ValueError, match=r"last_b_min must lie in b_min..b_max \(2..8\), got 9"):
+        AJPQEnv(tiny_task, last_b_min=9)
+    with pytest.raises(ValueError, match=r"last_b_min must lie in b_min..b_max \(3..8\), got 2"):
+        AJPQEnv(tiny_task, b_min=3, last_b_min=2)
+    with pytest.raises(TypeError, match="last_b_min must be a number"):
+        AJPQEnv(tiny_task, last_b_min="4")
+    with pytest.raises(TypeError, match="last_b_min must be an int"):
+        AJPQEnv(tiny_task, last_b_min=4.0)

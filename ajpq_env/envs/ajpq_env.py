@@ -128,6 +128,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
     | ``reward`` | ``"accuracy"`` | one of :data:`REWARDS` |
     | ``num_buckets`` | ``4`` | K, importance buckets per layer |
     | ``b_min``, ``b_max`` | ``2``, ``8`` | bit-width range of surviving channels |
+    | ``last_b_min`` | ``None`` | lowest bit-width of the last layer (the classifier) in ``"joint"`` and ``"quant"`` mode, ``b_min``..``b_max`` (``None``: ``b_min``): its proposals below it are raised, and the earlier layers are clipped so that it fits. The budget is enforced layer by layer, so the last layer absorbs what the earlier ones overspent; without a floor a slight overspending can take a cheap, sensitive classifier to ``b_min`` |
     | ``fixed_bits`` | ``8`` | bit-width of every channel in ``"prune"`` mode; in ``"fixed"`` mode the network's bit-width, or ``None`` for the agent's choice at the first step (clipped so the budget stays reachable at that width) |
     | ``max_sparsity`` | ``0.8`` | largest prunable fraction of a group's channels |
     | ``channel_round`` | ``1`` | pruned channel counts are multiples of this |
@@ -177,6 +178,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         num_buckets: int = 4,
         b_min: int = B_MIN,
         b_max: int = B_MAX,
+        last_b_min: int | None = None,
         fixed_bits: int | None = 8,
         max_sparsity: float = 0.8,
         channel_round: int = 1,
@@ -200,6 +202,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             {"target": target, "max_sparsity": max_sparsity, "finetune_lr": finetune_lr},
             {"num_buckets": num_buckets, "b_min": b_min, "b_max": b_max,
              **({} if fixed_bits is None else {"fixed_bits": fixed_bits}),  # None: "fixed" mode, the agent's choice
+             **({} if last_b_min is None else {"last_b_min": last_b_min}),
              "channel_round": channel_round, "a_bits": a_bits, "bn_calibration_batches": bn_calibration_batches,
              "calibration_batch_size": calibration_batch_size, "finetune_steps": finetune_steps,
              "eval_batch_size": eval_batch_size, "cache_size": cache_size},
@@ -231,7 +234,7 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
         self.budget = BudgetTracker(
             self.graph, self.costs, resource=resource, target=target, mode=mode, b_min=b_min, b_max=b_max,
             fixed_bits=fixed_bits, max_sparsity=max_sparsity, channel_round=channel_round,
-            fixed_kept={g: len(idx) for g, idx in self._fixed_idx.items()},
+            fixed_kept={g: len(idx) for g, idx in self._fixed_idx.items()}, last_b_min=last_b_min,
         )
         settings = DeploySettings(
             a_bits=a_bits, bn_calibration_batches=bn_calibration_batches,
@@ -263,6 +266,8 @@ class AJPQEnv(gym.Env[dict[str, np.ndarray], np.ndarray]):
             "finetune_steps": finetune_steps, "finetune_lr": finetune_lr, "observe_sensitivity": observe_sensitivity,
             "fixed_pruning": None if fixed_pruning is None else _as_policy(fixed_pruning).to_dict(),
         }
+        if last_b_min is not None:  # a replay must budget with the same floor (absent: runs made before it)
+            self.spec_kwargs["last_b_min"] = last_b_min
         if latency_table is not None:  # a replay must budget with the same table
             table_path = self.latency_table.path
             self.spec_kwargs["latency_table"] = None if table_path is None else str(table_path)

@@ -55,6 +55,11 @@ class BudgetTracker:
     :param channel_round: pruned channel counts are multiples of this
     :param fixed_kept: ``{group id: kept channels}`` of groups whose pruning is decided beforehand (e.g. by a
         previous prune-only search); their sparsity is not the agent's
+    :param last_b_min: lowest bit-width of the last layer (the classifier) in ``"joint"`` and ``"quant"`` mode
+        (``None``: ``b_min``). The budget is enforced layer by layer, so the last layer absorbs whatever the layers
+        before it over- or underspent; a classifier is cheap (about 1.5% of a size-1/8 budget on CIFAR-10
+        MobileNetV2) and sensitive, so a slight overspending takes it to ``b_min`` and the accuracy with it. With
+        a floor, the earlier layers are clipped so that it always fits (HAQ keeps the last layer at 8 bits).
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class BudgetTracker:
         max_sparsity: float,
         channel_round: int,
         fixed_kept: dict[int, int] | None = None,
+        last_b_min: int | None = None,
     ) -> None:
         if resource not in costs.resources:
             hint = " (\"latency\" needs a latency table: `ajpq profile --task NAME`)" if resource == "latency" else ""
@@ -85,6 +91,12 @@ class BudgetTracker:
             raise ValueError(f"fixed_bits=None (the agent's choice) is only for mode='fixed'; {mode!r} needs an int")
         if fixed_bits is not None and not b_min <= fixed_bits <= b_max:
             raise ValueError(f"fixed_bits must lie in b_min..b_max ({b_min}..{b_max}), got {fixed_bits}")
+        if last_b_min is not None:
+            if isinstance(last_b_min, bool) or not isinstance(last_b_min, int | np.integer):
+                raise TypeError(f"last_b_min must be None or an int, got {last_b_min!r}")
+            if not b_min <= last_b_min <= b_max:
+                raise ValueError(f"last_b_min must lie in b_min..b_max ({b_min}..{b_max}), got {last_b_min}")
+            last_b_min = int(last_b_min)
         if not 0 <= max_sparsity < 1:
             raise ValueError(f"max_sparsity must lie in [0, 1), got {max_sparsity}")
         if channel_round < 1:
@@ -93,6 +105,7 @@ class BudgetTracker:
         self.resource, self.target, self.mode = resource, float(target), mode
         self.b_min, self.b_max, self.fixed_bits = b_min, b_max, fixed_bits
         self.max_sparsity, self.channel_round = max_sparsity, channel_round
+        self.last_b_min = last_b_min
         self.fp32_total = costs.fp32.resource(resource)
         self.budget = self.target * self.fp32_total
         # the bit-width the lower bounds of undecided layers assume; in "fixed" mode the network's once chosen
@@ -162,9 +175,17 @@ class BudgetTracker:
         """Smallest resource of the layers after ``index`` given the decisions so far and ``overrides``."""
         return sum(self._min_cost(layer, overrides) for layer in self.graph.layers[index + 1 :])
 
+    def lowest_bits(self, layer: LayerInfo) -> int:
+        """The lowest bit-width ``layer``'s survivors may get: ``min_bits``, or ``last_b_min`` on the last layer in
+        ``"joint"`` and ``"quant"`` mode."""
+        if self.last_b_min is not None and self.mode in ("joint", "quant") and layer.index == len(self.graph.layers) - 1:
+            return max(self.min_bits, self.last_b_min)
+        return self.min_bits
+
     def _min_cost(self, layer: LayerInfo, overrides: dict[int, int]) -> float:
         kept = layer.out_channels if self.graph.groups[layer.group].locked else self._kept(layer.group, overrides)
-        return self._cost(layer, kept, kept * self.min_bits, overrides, self.min_bits)
+        lowest = self.lowest_bits(layer)
+        return self._cost(layer, kept, kept * lowest, overrides, lowest)
 
     # ------------------------------------------------------------------ the clipping step
     def decide(self, layer: LayerInfo, kept: int, bucket_bits: np.ndarray) -> Decision:
@@ -181,6 +202,8 @@ class BudgetTracker:
         elif not leads:
             kept = self.kept.get(group.id, group.channels)
         buckets = np.array(bucket_bits, dtype=np.int64)
+        if self.mode in ("joint", "quant"):
+            buckets = np.maximum(buckets, self.lowest_bits(layer))
         if self.mode == "prune":
             buckets[:] = self.fixed_bits
         clipped = False
@@ -222,10 +245,11 @@ class BudgetTracker:
             self.network_bits = self.min_bits = b
             base = refresh()
             buckets[:] = b
+        lowest = self.lowest_bits(layer)  # after step 0, which may set min_bits
         # 1) lower bit-widths, widest bucket first (least important among equals), one bit at a time
         bits = expand_buckets(kept, buckets)
         if self.mode not in ("prune", "fixed"):
-            while not fits(kept, bits) and buckets.max() > self.b_min:
+            while not fits(kept, bits) and buckets.max() > lowest:
                 clipped = True
                 if self.mode == "quant":
                     buckets[:] = buckets.max() - 1
@@ -239,12 +263,12 @@ class BudgetTracker:
             step = self.channel_round
             while high - low > step:
                 mid = high - ((high - low) // step // 2) * step
-                if fits(mid, np.full(mid, self.min_bits)):
+                if fits(mid, np.full(mid, lowest)):
                     low = mid
                 else:
                     high = mid
             kept = low
-            bits = np.full(kept, self.min_bits)
+            bits = np.full(kept, lowest)
         if self.mode == "fixed":
             bits = np.full(kept, self.network_bits)
         if not fits(kept, bits):  # cannot happen when the budget was reachable at reset; guard against bugs
