@@ -175,9 +175,8 @@ class Board:
         entries = list(dict.fromkeys(r.entry for r in here)) or [entry]
         agents = " ".join(dict.fromkeys(r.agent for r in here)) or agents
         command = LEADERBOARD_CMD.format(suite=suite_of(entry), entry=" ".join(entries), agents=agents, out=out)
-        foreign = next((budget_of(r) for r in here if budget_of(r) != entry_budget(r.entry)), None)
-        if foreign is None and budget is not None and not here and budget != entry_budget(entry):
-            foreign = budget
+        made = [(budget_of(r), r.entry) for r in here] or [(budget, entry)]
+        foreign = next((b for b, e in made if b is not None and b != entry_budget(e)), None)
         if foreign is not None:
             epochs, samples = foreign
             command += f" --finetune-epochs {epochs} --finetune-samples {samples or 0}"
